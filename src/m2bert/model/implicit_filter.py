@@ -1,0 +1,85 @@
+"""The implicit (Hyena-style) long-convolution filter.
+
+A long filter of length L per channel is not stored: a small MLP with sine activations
+generates it from positional features, and an exponential decay window shapes it. The
+parameter count is therefore independent of the sequence length, and a model trained at
+one length can be run at another up to ``long_conv_l_max``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+
+def positional_features(seq_len: int, emb_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features z (L, emb_dim) = [t, cos bands, -sin bands] and normalised time t (L, 1)."""
+    t = torch.linspace(0, 1, seq_len)[:, None]
+    bands = (emb_dim - 1) // 2
+    w = 2 * math.pi * torch.linspace(0, seq_len - 1, seq_len)[:, None] / seq_len
+    f = torch.linspace(1e-4, bands - 1, bands)[None, :]
+    z = torch.exp(-1j * f * w)
+    return torch.cat([t, z.real, z.imag], dim=-1), t
+
+
+def decay_rates(channels: int, fast_decay_pct: float = 0.3, slow_decay_pct: float = 1.5, target: float = 1e-2) -> torch.Tensor:
+    """Per-channel decay rates, from slow (long memory) to fast (local) channels."""
+    max_decay = math.log(target) / fast_decay_pct
+    min_decay = math.log(target) / slow_decay_pct
+    return torch.linspace(min_decay, max_decay, channels)
+
+
+class ImplicitFilter(nn.Module):
+    """Generates the forward (and, if bidirectional, reverse) long filters plus a skip weight.
+
+    One sine frequency vector ``freq`` is shared by every activation of both MLPs, exactly as
+    in the original implementation (its Sin module is one object reused). ``t`` and
+    ``deltas`` are fixed buffers; ``z`` is trained with its own small learning rate.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        seq_len: int,
+        emb_dim: int = 5,
+        order: int = 128,
+        w: float = 10.0,
+        w_mod: float = 1.0,
+        bidirectional: bool = True,
+        num_inner_mlps: int = 2,
+    ) -> None:
+        super().__init__()
+        self.channels, self.seq_len, self.w_mod = channels, seq_len, w_mod
+        # Shapes (1, L, E), (1, L, 1), (1, 1, H), (1, order) as in the original's state dict.
+        z, t = positional_features(seq_len, emb_dim)
+        self.z = nn.Parameter(z[None])
+        self.register_buffer("t", t[None])
+        self.register_buffer("deltas", decay_rates(channels)[None, None])
+        self.freq = nn.Parameter(w * torch.ones(1, order))
+        self.bias = nn.Parameter(torch.randn(channels))
+        self.mlp_fwd = self._mlp(emb_dim, order, channels, num_inner_mlps)
+        self.mlp_rev = self._mlp(emb_dim, order, channels, num_inner_mlps) if bidirectional else None
+
+    @staticmethod
+    def _mlp(emb_dim: int, order: int, channels: int, num_inner: int) -> nn.ModuleList:
+        sizes = [emb_dim] + [order] * (num_inner + 1)
+        layers = [nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+        return nn.ModuleList(layers + [nn.Linear(order, channels, bias=False)])
+
+    def _generate(self, mlp: nn.ModuleList, seq_len: int) -> torch.Tensor:
+        h = self.z[0, :seq_len]
+        for linear in mlp[:-1]:
+            h = torch.sin(self.w_mod * self.freq * linear(h))
+        h = mlp[-1](h)
+        return h * torch.exp(-self.t[0, :seq_len] * self.deltas[0].abs())
+
+    def forward(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Filters (L, H) for the first ``seq_len`` positions: (k_fwd, k_rev or None)."""
+        if seq_len > self.seq_len:
+            raise ValueError(
+                f"input length {seq_len} exceeds long_conv_l_max={self.seq_len}; "
+                "build the model with a longer long_conv_l_max"
+            )
+        k_rev = self._generate(self.mlp_rev, seq_len) if self.mlp_rev is not None else None
+        return self._generate(self.mlp_fwd, seq_len), k_rev

@@ -1,0 +1,203 @@
+"""M2-BERT: embeddings → N × (sequence mixer → dimension mixer) → task head.
+
+The classes are Hugging Face ``PreTrainedModel`` subclasses, so ``save_pretrained`` /
+``from_pretrained`` and the ``Auto*`` factories work on our directories (safetensors).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
+from transformers.utils import ModelOutput
+
+from m2bert.config import M2BertConfig
+from m2bert.model.dimension_mixer import MonarchMLP
+from m2bert.model.embeddings import M2BertEmbeddings
+from m2bert.model.heads import ClassificationHead, MLMHead
+from m2bert.model.monarch import BlockdiagLinear
+from m2bert.model.sequence_mixer import MonarchSequenceMixer
+
+
+class M2BertLayer(nn.Module):
+    """One M2 block. As in the original, the residual path runs through the residual long
+    convolution inside the sequence mixer and the post-LN residual of the dimension mixer."""
+
+    def __init__(self, config: M2BertConfig) -> None:
+        super().__init__()
+        self.sequence_mixer = MonarchSequenceMixer(config)
+        self.dimension_mixer = MonarchMLP(config)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.dimension_mixer(self.sequence_mixer(hidden, mask))
+
+
+class M2BertPreTrainedModel(PreTrainedModel):
+    config_class = M2BertConfig
+    base_model_prefix = "bert"
+    supports_gradient_checkpointing = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # BERT's init (as the original applies it: every nn.Linear, implicit-filter MLPs included).
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.data.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.data.normal_(0.0, std)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+        elif isinstance(module, BlockdiagLinear):
+            module.reset_parameters()
+
+
+class M2BertModel(M2BertPreTrainedModel):
+    """The encoder: returns ``last_hidden_state`` (and all hidden states on request)."""
+
+    def __init__(self, config: M2BertConfig) -> None:
+        super().__init__(config)
+        self.embeddings = M2BertEmbeddings(config)
+        self.layers = nn.ModuleList(M2BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: object,
+    ) -> BaseModelOutput | tuple:
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        hidden = self.embeddings(input_ids, token_type_ids)
+        # Padding invariance: zero padded positions before each convolution (no host sync).
+        mask = None
+        if attention_mask is not None and self.config.padding_invariant:
+            mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        all_hidden = [hidden] if output_hidden_states else None
+        for layer in self.layers:
+            hidden = layer(hidden, mask)
+            if all_hidden is not None:
+                all_hidden.append(hidden)
+        hidden_states = tuple(all_hidden) if all_hidden is not None else None
+        if not return_dict:
+            return tuple(v for v in (hidden, hidden_states) if v is not None)
+        return BaseModelOutput(last_hidden_state=hidden, hidden_states=hidden_states)
+
+
+@dataclass
+class M2MaskedLMOutput(ModelOutput):
+    """``logits`` is (B, L, V) without labels. With labels, the decoder runs only on the
+    masked positions (labels != -100), as in the original: ``logits`` is then (n_masked, V)
+    and ``masked_positions`` holds their flat indices into B·L."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    masked_positions: torch.Tensor | None = None
+
+
+class M2BertForMaskedLM(M2BertPreTrainedModel):
+    _tied_weights_keys = ["mlm_head.decoder.weight"]
+
+    def __init__(self, config: M2BertConfig) -> None:
+        super().__init__(config)
+        self.bert = M2BertModel(config)
+        self.mlm_head = MLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.mlm_head.decoder
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.mlm_head.decoder = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: object,
+    ) -> M2MaskedLMOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states, return_dict=True)
+        hidden = out.last_hidden_state
+        loss = positions = None
+        if labels is None:
+            logits = self.mlm_head(hidden)
+        else:
+            flat_labels = labels.reshape(-1)
+            positions = (flat_labels != -100).nonzero().squeeze(-1)
+            logits = self.mlm_head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions))
+            loss = F.cross_entropy(logits.float(), flat_labels.index_select(0, positions))
+        if not return_dict:
+            return tuple(v for v in (loss, logits, out.hidden_states) if v is not None)
+        return M2MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, masked_positions=positions)
+
+    @classmethod
+    def from_original_checkpoint(cls, path: str, config: M2BertConfig | dict) -> "M2BertForMaskedLM":
+        """Load an original M2-BERT Composer checkpoint (``state.model`` with ``model.bert.*``)."""
+        from m2bert.model.original import load_original_checkpoint
+
+        return load_original_checkpoint(cls, path, config)
+
+
+class M2BertForSequenceClassification(M2BertPreTrainedModel):
+    """Classification (or regression when ``num_labels == 1``, e.g. STS-B) on the pooled output."""
+
+    def __init__(self, config: M2BertConfig) -> None:
+        super().__init__(config)
+        self.bert = M2BertModel(config)
+        self.head = ClassificationHead(config)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: object,
+    ) -> SequenceClassifierOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.head(out.last_hidden_state, attention_mask)
+        loss = None
+        if labels is not None:
+            if self.config.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels.long())
+        if not return_dict:
+            return tuple(v for v in (loss, logits, out.hidden_states) if v is not None)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+    @classmethod
+    def from_original_checkpoint(cls, path: str, config: M2BertConfig | dict) -> "M2BertForSequenceClassification":
+        """Load an original M2-BERT checkpoint (MLM or classification) into a classifier.
+
+        An MLM checkpoint fills the encoder and leaves the new head freshly initialised.
+        """
+        from m2bert.model.original import load_original_checkpoint
+
+        return load_original_checkpoint(cls, path, config)

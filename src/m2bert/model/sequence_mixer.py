@@ -1,0 +1,72 @@
+"""The M2 sequence mixer: a gated, bidirectional long convolution in place of attention."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from m2bert.config import M2BertConfig
+from m2bert.model.implicit_filter import ImplicitFilter
+from m2bert.model.long_conv import long_conv
+
+
+def causal_short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Depthwise causal conv, kernel 3, on (B, L, C): y[t] = w0·x[t−2] + w1·x[t−1] + w2·x[t] + b.
+
+    Same result as the original's ``Conv1d(padding=2)[..., :L]`` but in the (B, L, C)
+    layout the rest of the layer uses, so no transposes are needed.
+    """
+    w = weight[:, 0, :]  # (C, 3)
+    y = torch.addcmul(bias, x, w[:, 2])
+    y[:, 1:].addcmul_(x[:, :-1], w[:, 1])
+    y[:, 2:].addcmul_(x[:, :-2], w[:, 0])
+    return y
+
+
+class MonarchSequenceMixer(nn.Module):
+    """in_linear → short conv → v·x1 → long conv (+ skip) → ·x2 (+ residual long conv of u) → out_linear."""
+
+    def __init__(self, config: M2BertConfig) -> None:
+        super().__init__()
+        h = config.hidden_size
+        self.hidden_size = h
+        self.impl = config.long_conv_impl
+        self.norm = nn.LayerNorm(h) if config.hyena_training_additions else None
+        self.in_linear = nn.Linear(h, 3 * h)
+        self.out_linear = nn.Linear(h, h)
+        self.short_conv = nn.Conv1d(3 * h, 3 * h, kernel_size=3, groups=3 * h, padding=2)
+        filter_args = dict(
+            channels=h,
+            seq_len=config.long_conv_l_max,
+            emb_dim=config.hyena_emb_dim,
+            order=config.hyena_filter_order,
+            w=config.hyena_w,
+            w_mod=config.hyena_w_mod,
+            bidirectional=config.bidirectional,
+        )
+        self.long_conv = ImplicitFilter(**filter_args)
+        self.residual_long_conv = ImplicitFilter(**filter_args) if config.residual_long_conv else None
+
+    def forward(self, u: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """u: (B, L, H); mask: (B, L, 1) with 0 at padding, or None to mix every position.
+
+        With a mask, every convolution input is zeroed at padded positions, so padding
+        never leaks into real tokens (the original lets it, see ``padding_invariant``).
+        """
+        if self.norm is not None:
+            u = self.norm(u)
+        seqlen = u.shape[1]
+        proj = self.in_linear(u)
+        if mask is not None:
+            proj.mul_(mask)
+        proj = causal_short_conv(proj, self.short_conv.weight, self.short_conv.bias)
+        x1, x2, v = proj.split(self.hidden_size, dim=-1)
+        v = v * x1
+        if mask is not None:
+            v = v.mul_(mask)
+        k_fwd, k_rev = self.long_conv(seqlen)
+        y = long_conv(v, k_fwd, k_rev, self.long_conv.bias, self.impl) * x2
+        if self.residual_long_conv is not None:
+            u_in = u * mask if mask is not None else u
+            k_fwd, k_rev = self.residual_long_conv(seqlen)
+            y = y + long_conv(u_in, k_fwd, k_rev, self.residual_long_conv.bias, self.impl)
+        return self.out_linear(y)
