@@ -20,3 +20,25 @@ def shared_path(*parts: str) -> Path:
 def _deterministic() -> None:
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(False)
+
+
+@pytest.fixture(scope="session")
+def sample_mds(tmp_path_factory):
+    """The offline sample, a WordPiece tokenizer trained on it, and its pre-tokenised MDS shards.
+
+    Built once per session through the same code paths as C4 (make_sample → train_wordpiece →
+    convert), so pretraining tests run on real shards without network or ../shared.
+    """
+    import glob
+
+    from m2bert.data.convert_c4 import convert
+    from m2bert.data.sample import make_sample
+    from m2bert.data.tokenizer import train_wordpiece
+
+    root = tmp_path_factory.mktemp("sample")
+    make_sample(root / "raw")
+    corpus = sorted(glob.glob(str(root / "raw" / "c4" / "en" / "*.json")))
+    train_wordpiece(corpus, root / "tokenizer", vocab_size=2048)
+    convert(str(root / "raw" / "c4" / "en"), str(root / "mds"), splits=("train", "val"),
+            tokenizer=str(root / "tokenizer"), concat_tokens=128, progress=False)
+    return {"root": root, "raw": root / "raw", "mds": root / "mds", "tokenizer": root / "tokenizer"}

@@ -31,10 +31,12 @@ def cpu_batch(length: int, tokens: int) -> int:
     return max(1, tokens // length)
 
 
-def build_m2(preset: str, length: int, device: str, dtype: torch.dtype, impl: str) -> torch.nn.Module:
+def build_m2(
+    preset: str, length: int, device: str, dtype: torch.dtype, impl: str, kernels: str = "auto"
+) -> torch.nn.Module:
     from m2bert import M2BertConfig, M2BertForMaskedLM
 
-    cfg = M2BertConfig.from_preset(preset, max_length=max(length, 128), long_conv_impl=impl)
+    cfg = M2BertConfig.from_preset(preset, max_length=max(length, 128), long_conv_impl=impl, kernels=kernels)
     return M2BertForMaskedLM(cfg).to(device=device, dtype=dtype).eval()
 
 
@@ -74,6 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": device,
         "dtype": args.dtype,
         "m2_preset": args.preset,
+        "m2_kernels": args.kernels,
         "bert": f"transformers BertForMaskedLM (bert-base), attn_implementation={args.attn}",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             b_m2 = b_bert = cpu_batch(length, args.tokens)
         row: dict[str, Any] = {"m2_batch": b_m2, "bert_batch": b_bert}
         for name, build, batch in (
-            ("m2", lambda: build_m2(args.preset, length, device, dtype, args.long_conv_impl), b_m2),
+            ("m2", lambda: build_m2(args.preset, length, device, dtype, args.long_conv_impl, args.kernels), b_m2),
             ("bert", lambda: build_bert(length, device, dtype, args.attn), b_bert),
         ):
             model = build()
@@ -111,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: fp32 on CPU, bf16 on CUDA")
     p.add_argument("--preset", default="m2-bert-base-80m")
     p.add_argument("--long-conv-impl", default="fft", choices=["fft", "monarch", "direct"])
+    p.add_argument("--kernels", default="auto", choices=["auto", "triton", "torch"],
+                   help="M2 config `kernels`: auto = fused Triton kernels on CUDA, PyTorch elsewhere")
     p.add_argument("--attn", default="sdpa", help="BERT attention implementation (sdpa, eager)")
     p.add_argument("--tokens", type=int, default=2048, help="CPU: tokens per batch (batch = tokens // length, at least 1)")
     p.add_argument("--warmup", type=int, default=1)

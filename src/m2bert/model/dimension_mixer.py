@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from m2bert.config import M2BertConfig
+from m2bert.kernels import dispatch as kernels
 from m2bert.model.monarch import BlockdiagLinear, monarch_glu
 
 
@@ -22,6 +23,7 @@ class MonarchMLP(nn.Module):
         self.glu = config.use_glu_mlp
         self.monarch_glu = config.use_glu_mlp and config.use_monarch_mlp
         self.intermediate_size = i
+        self.kernels = config.kernels
         if config.use_monarch_mlp:
             def linear(a: int, b: int, bias: bool = True) -> nn.Module:
                 return BlockdiagLinear(a, b, nblocks=config.monarch_mlp_nblocks, bias=bias)
@@ -34,7 +36,8 @@ class MonarchMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.monarch_glu:
-            y = monarch_glu(x, self.gated_layers.weight, self.wo.weight, self.wo.bias, self.dropout.p, self.training)
+            glu = kernels.monarch_glu if kernels.use_triton(self.kernels, x.device) else monarch_glu
+            y = glu(x, self.gated_layers.weight, self.wo.weight, self.wo.bias, self.dropout.p, self.training)
             return self.norm(y + x)
         h = self.gated_layers(x)
         if self.glu:

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# GPU check of the fused Triton kernels (issue 6), all in one go, within ~8 minutes, offline:
+#   1. correctness of the compiled kernels on the GPU (tests/test_kernels_gpu.py),
+#   2. bench/kernels.py: each kernel vs PyTorch eager and torch.compile, bf16, B=32, H=768,
+#   3. bench/throughput.py --device cuda: the model with kernels triton and torch, vs BERT.
+# Every result lands in ${OUT:-bench/results/gpu}. Installs nothing: run it in the project's venv.
+#   OUT=/tmp/gpu bash bench/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results/gpu}
+mkdir -p "$OUT"
+PY=${PY:-.venv/bin/python}
+[ -x "$PY" ] || PY=python3
+export PIP_NO_INDEX=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+unset TRITON_INTERPRET
+
+if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "bench/gpu_check.sh needs a CUDA GPU, and none is visible here." >&2
+  echo "On CPU the kernels' correctness tests run under the Triton interpreter: make test" >&2
+  exit 2
+fi
+"$PY" -c "import torch, triton; print('gpu:', torch.cuda.get_device_name(0), '| torch', torch.__version__, '| triton', triton.__version__)" | tee "$OUT/env.txt"
+status=0
+step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.log, remember failures
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout --signal=INT --kill-after=15 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "$name: rc=$rc in $((SECONDS - t0))s (log: $OUT/$name.log)" | tee -a "$OUT/summary.txt"
+  [ $rc -eq 0 ] || status=1
+}
+: > "$OUT/summary.txt"
+step gpu_tests 120 "$PY" -m pytest tests/test_kernels_gpu.py -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml"
+# Writes its JSON after every measurement: a run cut by the limit keeps what it measured.
+step kernels_bench 180 "$PY" bench/kernels.py --json "$OUT/kernels.json" --repeats 10
+LENGTHS=${LENGTHS:-128 512 2048 8192}
+step throughput_torch 50 "$PY" bench/throughput.py --device cuda --kernels torch --lengths $LENGTHS \
+  --json "$OUT/throughput_torch.json"
+for L in $LENGTHS; do  # one run per length: a length the kernels cannot handle yet does not hide the others
+  step "throughput_triton_$L" 25 "$PY" bench/throughput.py --device cuda --kernels triton --lengths "$L" \
+    --json "$OUT/throughput_triton_$L.json"
+done
+tail -n 3 "$OUT/gpu_tests.log" | tee -a "$OUT/summary.txt"
+exit $status

@@ -1,0 +1,208 @@
+"""Speed of the fused Triton kernels vs their PyTorch reference (eager and torch.compile), on a GPU.
+
+For each kernel (``seq_mixer_conv``: everything between in_linear and out_linear of the sequence
+mixer; ``monarch_glu``: the block-diagonal GLU MLP) and each length: median forward and
+forward+backward milliseconds of the Triton kernel, of the reference in eager mode and of
+``torch.compile(reference)``, plus the kernel's achieved memory bandwidth (the bytes it must at
+least move, divided by its time) against the device's peak. Writes JSON (stdout and --json),
+after every measurement, so a run cut short by a time limit still leaves its results.
+
+    python bench/kernels.py --json bench/results/gpu/kernels.json            # bf16, B=32, H=768
+    python bench/kernels.py --lengths 128 512 --no-compile --repeats 10
+
+Needs a CUDA GPU: on a CPU it says so and exits (the kernels' CPU tests are ``make test``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+
+# Peak DRAM bandwidth (GB/s) by device name; otherwise a measured device-to-device copy is the peak.
+PEAK_GBPS = {
+    "H200": 4800, "H100 SXM": 3350, "H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H100 NVL": 3900,
+    "A100-SXM4-80GB": 2039, "A100 80GB PCIe": 1935, "A100-SXM4-40GB": 1555, "A100-PCIE-40GB": 1555,
+    "L40S": 864, "L4": 300, "A10": 600, "RTX 4090": 1008, "RTX 3090": 936,
+}
+
+
+def peak_bandwidth(device: torch.device) -> dict[str, Any]:
+    name = torch.cuda.get_device_name(device)
+    table = next((v for k, v in PEAK_GBPS.items() if k in name), None)
+    x = torch.empty(1 << 28, dtype=torch.float32, device=device)  # 1 GiB
+    y = torch.empty_like(x)
+    ms = time_ms(lambda: y.copy_(x), warmup=3, repeats=10)
+    copy_gbps = 2 * x.numel() * 4 / (ms * 1e-3) / 1e9
+    del x, y
+    return {"device": name, "peak_gbps_spec": table, "copy_gbps_measured": round(copy_gbps, 1),
+            "peak_gbps": table if table is not None else round(copy_gbps, 1)}
+
+
+def time_ms(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    if not torch.cuda.is_available():  # the --device cpu smoke run (interpreter): wall clock
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return sorted(times)[len(times) // 2]
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(repeats):
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def seq_mixer_case(batch: int, length: int, h: int, dtype: torch.dtype, device: torch.device):
+    from m2bert.kernels.seq_mixer_conv import reference, seq_mixer_conv_triton
+
+    def p(*shape, scale=1.0):
+        return (torch.randn(*shape, device=device) * scale).to(dtype).requires_grad_()
+
+    decay = torch.exp(-torch.arange(length, device=device)[:, None] / (length / 4))
+    filt = [(torch.randn(length, h, device=device) * decay / length**0.5).to(dtype).requires_grad_() for _ in range(4)]
+    mask = torch.ones(batch, length, 1, device=device, dtype=dtype)
+    args = [p(batch, length, 3 * h), p(batch, length, h), mask, p(3 * h, 1, 3, scale=0.5), p(3 * h),
+            filt[0], filt[1], p(h), filt[2], filt[3], p(h)]
+    el = torch.finfo(dtype).bits // 8
+    act = batch * length * h * el
+    # Least traffic: fwd reads proj (3) and u (1), writes y (1); bwd also reads dy, writes dproj and du.
+    bytes_fwd = 5 * act
+    bytes_fwdbwd = bytes_fwd + (3 + 1 + 1 + 3 + 1) * act
+    return seq_mixer_conv_triton, reference, args, bytes_fwd, bytes_fwdbwd
+
+
+def glu_case(batch: int, length: int, h: int, dtype: torch.dtype, device: torch.device, nblocks: int = 4):
+    from m2bert.kernels.blockdiag_glu import monarch_glu_triton, reference
+
+    i = 4 * h
+    x = torch.randn(batch, length, h, device=device, dtype=dtype).requires_grad_()
+    w_in = (torch.randn(nblocks, 2 * i // nblocks, h // nblocks, device=device) / (h // nblocks) ** 0.5).to(dtype)
+    w_out = (torch.randn(nblocks, h // nblocks, i // nblocks, device=device) / (i // nblocks) ** 0.5).to(dtype)
+    b = torch.randn(h, device=device, dtype=dtype)
+    args = [x, w_in.requires_grad_(), w_out.requires_grad_(), b.requires_grad_()]
+    el = torch.finfo(dtype).bits // 8
+    tokens = batch * length
+    weights = (w_in.numel() + w_out.numel()) * el
+    bytes_fwd = 2 * tokens * h * el + weights  # read x, write y (inference: nothing saved)
+    # Training: fwd also writes act (I) and gate/value (2I); bwd reads dy, x, act, gv, writes dgv, dx, grads.
+    bytes_fwdbwd = bytes_fwd + tokens * el * (3 * i + h + h + i + 2 * i + 2 * i + h) + 2 * weights
+    return monarch_glu_triton, reference, args, bytes_fwd, bytes_fwdbwd
+
+
+def measure(fn, args, warmup: int, repeats: int) -> dict[str, float]:
+    grads_of = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    with torch.no_grad():
+        fwd = time_ms(lambda: fn(*args), warmup, repeats)
+    y = fn(*args)
+    dy = torch.randn_like(y)
+    del y
+
+    def step():
+        out = fn(*args)
+        torch.autograd.grad(out, grads_of, dy)
+
+    return {"fwd_ms": round(fwd, 4), "fwdbwd_ms": round(time_ms(step, warmup, repeats), 4)}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    torch.manual_seed(0)
+    peak = peak_bandwidth(device) if device.type == "cuda" else {"device": "cpu (smoke run)", "peak_gbps": None}
+    results: dict[str, Any] = {
+        "benchmark": "fused Triton kernels vs PyTorch reference (eager, torch.compile)",
+        "batch": args.batch, "hidden": args.hidden, "dtype": args.dtype, "torch": torch.__version__,
+        "bandwidth": peak, "kernels": {},
+    }
+    cases = {"seq_mixer_conv": seq_mixer_case, "monarch_glu": glu_case}
+    for name in args.kernels:
+        results["kernels"][name] = {}
+    for length in args.lengths:  # lengths outer: a run cut short still has every kernel at the short lengths
+        for name in args.kernels:
+            row: dict[str, Any] = {}
+            results["kernels"][name][str(length)] = row
+            try:
+                triton_fn, ref_fn, fargs, bytes_fwd, bytes_fwdbwd = cases[name](args.batch, length, args.hidden, dtype,
+                                                                                device)
+            except torch.cuda.OutOfMemoryError as e:
+                row["error"] = f"setup: {e}"[:300]
+                continue
+            impls = {"triton": triton_fn, "eager": ref_fn}
+            if not args.no_compile:
+                impls["compiled"] = torch.compile(ref_fn)
+            for impl, fn in impls.items():
+                t0 = time.perf_counter()
+                try:
+                    row[impl] = measure(fn, fargs, args.warmup, args.repeats)
+                except Exception as e:  # a failing variant (compile error, OOM, out of resources) is a result too
+                    row[impl] = {"error": f"{type(e).__name__}: {e}"[:500]}
+                row[impl]["wall_s"] = round(time.perf_counter() - t0, 1)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                emit(results, args.json)
+            tri = row.get("triton", {})
+            if "fwd_ms" in tri:
+                row["triton_fwd_gbps"] = round(bytes_fwd / (tri["fwd_ms"] * 1e-3) / 1e9, 1)
+                row["triton_fwdbwd_gbps"] = round(bytes_fwdbwd / (tri["fwdbwd_ms"] * 1e-3) / 1e9, 1)
+                if peak["peak_gbps"]:
+                    row["triton_fwd_pct_peak"] = round(100 * row["triton_fwd_gbps"] / peak["peak_gbps"], 1)
+                    row["triton_fwdbwd_pct_peak"] = round(100 * row["triton_fwdbwd_gbps"] / peak["peak_gbps"], 1)
+                for ref in ("eager", "compiled"):
+                    if "fwd_ms" in row.get(ref, {}):
+                        row[f"speedup_fwd_vs_{ref}"] = round(row[ref]["fwd_ms"] / tri["fwd_ms"], 2)
+                        row[f"speedup_fwdbwd_vs_{ref}"] = round(row[ref]["fwdbwd_ms"] / tri["fwdbwd_ms"], 2)
+            del fargs
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            emit(results, args.json)
+    return results
+
+
+def emit(results: dict[str, Any], path: str | None) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            f.write(json.dumps(results, indent=2) + "\n")
+        os.replace(path + ".tmp", path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kernels", nargs="+", default=["seq_mixer_conv", "monarch_glu"],
+                   choices=["seq_mixer_conv", "monarch_glu"])
+    p.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 2048, 8192])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--hidden", type=int, default=768)
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd reference")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--json", default=None, help="write the results here too (rewritten after every measurement)")
+    p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: a smoke run of this script under
+    # TRITON_INTERPRET=1 (tests/test_kernels.py); its times mean nothing
+    args = p.parse_args(argv)
+    if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        pass
+    elif not torch.cuda.is_available():
+        sys.exit("bench/kernels.py measures the Triton kernels on a CUDA GPU, and none is visible here. "
+                 "On CPU, their correctness tests run in `make test` (Triton interpreter).")
+    results = run(args)
+    emit(results, args.json)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""Triton kernels of the fused sequence-mixer convolution. Loaded by :mod:`._loader`, never imported directly.
+
+Layout: activations (B, L, C) with channels contiguous; one program owns a block of BH channels
+of one batch row (forward) or of a group of batch rows (backward) over the whole length, as an
+(N, BH) tile with N = N1·N2 ≥ 2L the (zero-padded) convolution size.
+
+The long convolution is a circular convolution of size N, computed in the frequency domain
+with the DFT factored as Monarch matrices (notes/monarch-fft.md): view the N rows as (N1, N2),
+a GEMM with the N1-point DFT matrix, twiddles, a GEMM with the N2-point DFT matrix, real and
+imaginary parts carried in separate tiles. A permute between the two GEMMs (in registers)
+makes the spectrum come out in natural order, so the filter spectrum needs no permutation;
+the inverse is the mirror image and lands in natural order. The 1/N is folded into the
+filter spectrum, computed once per call outside the kernel (it does not depend on the batch).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _load_mat(ptr, R: tl.constexpr, C: tl.constexpr):
+    r = tl.arange(0, R)
+    c = tl.arange(0, C)
+    return tl.load(ptr + r[:, None] * C + c[None, :])
+
+
+@triton.jit
+def _load_mat_t(ptr, R: tl.constexpr, C: tl.constexpr):
+    """The (C, R) transpose of a row-major (R, C) matrix."""
+    r = tl.arange(0, R)
+    c = tl.arange(0, C)
+    return tl.load(ptr + r[None, :] * C + c[:, None])
+
+
+@triton.jit
+def _dft_real(x, c1, s1, c2, s2, twr, twi,
+              N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr):
+    """DFT along the rows of a real (N1·N2, BH) tile; natural-order output (re, im)."""
+    xr = tl.reshape(x, (N1, N2 * BH))
+    ar = tl.reshape(tl.dot(c1, xr, input_precision=PREC), (N1, N2, BH))
+    ai = tl.reshape(tl.dot(s1, xr, input_precision=PREC), (N1, N2, BH))
+    tr = twr[:, :, None]
+    ti = twi[:, :, None]
+    br = ar * tr - ai * ti
+    bi = ar * ti + ai * tr
+    br = tl.reshape(tl.permute(br, (1, 0, 2)), (N2, N1 * BH))
+    bi = tl.reshape(tl.permute(bi, (1, 0, 2)), (N2, N1 * BH))
+    xr_ = tl.dot(c2, br, input_precision=PREC) - tl.dot(s2, bi, input_precision=PREC)
+    xi_ = tl.dot(c2, bi, input_precision=PREC) + tl.dot(s2, br, input_precision=PREC)
+    return tl.reshape(xr_, (N1 * N2, BH)), tl.reshape(xi_, (N1 * N2, BH))
+
+
+@triton.jit
+def _idft_real(zr, zi, c1, s1, c2, s2, twr_t, twi_t,
+               N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr):
+    """Real part of the unnormalised inverse DFT of a natural-order (N1·N2, BH) spectrum."""
+    zr = tl.reshape(zr, (N2, N1 * BH))
+    zi = tl.reshape(zi, (N2, N1 * BH))
+    gr = tl.dot(c2, zr, input_precision=PREC) + tl.dot(s2, zi, input_precision=PREC)
+    gi = tl.dot(c2, zi, input_precision=PREC) - tl.dot(s2, zr, input_precision=PREC)
+    gr = tl.reshape(gr, (N2, N1, BH))
+    gi = tl.reshape(gi, (N2, N1, BH))
+    tr = twr_t[:, :, None]
+    ti = twi_t[:, :, None]
+    hr = gr * tr + gi * ti
+    hi = gi * tr - gr * ti
+    hr = tl.reshape(tl.permute(hr, (1, 0, 2)), (N1, N2 * BH))
+    hi = tl.reshape(tl.permute(hi, (1, 0, 2)), (N1, N2 * BH))
+    y = tl.dot(c1, hr, input_precision=PREC) + tl.dot(s1, hi, input_precision=PREC)
+    return tl.reshape(y, (N1 * N2, BH))
+
+
+@triton.jit
+def _short_conv(p_ptr, m_ptr, w_ptr, b_ptr, offs_n, cols, cmask, L, s_pl, s_pc, s_ml,
+                HAS_MASK: tl.constexpr, N: tl.constexpr, BH: tl.constexpr):
+    """Depthwise causal conv (kernel 3) of the masked projection at rows offs_n, channels cols."""
+    acc = tl.zeros((N, BH), dtype=tl.float32)
+    acc += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    for j in tl.static_range(3):
+        t = offs_n - (2 - j)
+        ok = (t >= 0) & (t < L)
+        x = tl.load(p_ptr + t[:, None] * s_pl + cols[None, :] * s_pc, mask=ok[:, None] & cmask[None, :],
+                    other=0.0).to(tl.float32)
+        if HAS_MASK:
+            x = x * tl.load(m_ptr + t * s_ml, mask=ok, other=0.0).to(tl.float32)[:, None]
+        acc += x * tl.load(w_ptr + cols * 3 + j, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def seqmix_fwd_kernel(
+    proj_ptr, u_ptr, mask_ptr, scw_ptr, scb_ptr,
+    kr_ptr, ki_ptr, bias_ptr, k2r_ptr, k2i_ptr, bias2_ptr,
+    c1_ptr, s1_ptr, c2_ptr, s2_ptr, twr_ptr, twi_ptr,
+    y_ptr,
+    L, H,
+    s_pb, s_pl, s_pc, s_ub, s_ul, s_uc, s_mb, s_ml, s_yb, s_yl, s_yc,
+    HAS_MASK: tl.constexpr, HAS_RES: tl.constexpr,
+    N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_h = tl.program_id(0)
+    b = tl.program_id(1)
+    N: tl.constexpr = N1 * N2
+    offs_n = tl.arange(0, N)
+    offs_h = pid_h * BH + tl.arange(0, BH)
+    hmask = offs_h < H
+    rows = offs_n < L
+    tile_mask = rows[:, None] & hmask[None, :]
+    c1 = _load_mat(c1_ptr, N1, N1)
+    s1 = _load_mat(s1_ptr, N1, N1)
+    c2 = _load_mat(c2_ptr, N2, N2)
+    s2 = _load_mat(s2_ptr, N2, N2)
+    twr = _load_mat(twr_ptr, N1, N2)
+    twi = _load_mat(twi_ptr, N1, N2)
+    twr_t = _load_mat_t(twr_ptr, N1, N2)
+    twi_t = _load_mat_t(twi_ptr, N1, N2)
+
+    p_ptr = proj_ptr + b * s_pb
+    m_ptr = mask_ptr + b * s_mb
+    x1 = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, offs_h, hmask, L, s_pl, s_pc, s_ml, HAS_MASK, N, BH)
+    x2 = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, H + offs_h, hmask, L, s_pl, s_pc, s_ml, HAS_MASK, N, BH)
+    v = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, 2 * H + offs_h, hmask, L, s_pl, s_pc, s_ml, HAS_MASK, N, BH)
+    if HAS_MASK:
+        m = tl.load(m_ptr + offs_n * s_ml, mask=rows, other=0.0).to(tl.float32)[:, None]
+    else:
+        m = rows.to(tl.float32)[:, None]
+    w = tl.where(tile_mask, v * x1 * m, 0.0)
+
+    spec = offs_n[:, None] * H + offs_h[None, :]
+    wr, wi = _dft_real(w, c1, s1, c2, s2, twr, twi, N1, N2, BH, PREC)
+    kr = tl.load(kr_ptr + spec, mask=hmask[None, :], other=0.0)
+    ki = tl.load(ki_ptr + spec, mask=hmask[None, :], other=0.0)
+    c = _idft_real(wr * kr - wi * ki, wr * ki + wi * kr, c1, s1, c2, s2, twr_t, twi_t, N1, N2, BH, PREC)
+    bias = tl.load(bias_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
+    y = (c + w * bias) * x2
+    if HAS_RES:
+        ui = tl.load(u_ptr + b * s_ub + offs_n[:, None] * s_ul + offs_h[None, :] * s_uc, mask=tile_mask,
+                     other=0.0).to(tl.float32) * m
+        ur, uim = _dft_real(ui, c1, s1, c2, s2, twr, twi, N1, N2, BH, PREC)
+        k2r = tl.load(k2r_ptr + spec, mask=hmask[None, :], other=0.0)
+        k2i = tl.load(k2i_ptr + spec, mask=hmask[None, :], other=0.0)
+        c2v = _idft_real(ur * k2r - uim * k2i, ur * k2i + uim * k2r, c1, s1, c2, s2, twr_t, twi_t, N1, N2, BH, PREC)
+        bias2 = tl.load(bias2_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
+        y += c2v + ui * bias2
+    tl.store(y_ptr + b * s_yb + offs_n[:, None] * s_yl + offs_h[None, :] * s_yc,
+             y.to(y_ptr.dtype.element_ty), mask=tile_mask)
+
+
+@triton.jit
+def seqmix_bwd_kernel(
+    proj_ptr, u_ptr, mask_ptr, scw_ptr, scb_ptr,
+    kr_ptr, ki_ptr, bias_ptr, k2r_ptr, k2i_ptr, bias2_ptr,
+    c1_ptr, s1_ptr, c2_ptr, s2_ptr, twr_ptr, twi_ptr,
+    dy_ptr, ds_ptr, du_ptr,
+    gk_ptr, gk2_ptr, dbias_ptr, dbias2_ptr,
+    B, L, H, G,
+    s_pb, s_pl, s_pc, s_ub, s_ul, s_uc, s_mb, s_ml, s_db, s_dl, s_dc,
+    s_sb, s_sl, s_sc, s_qb, s_ql, s_qc,
+    HAS_MASK: tl.constexpr, HAS_RES: tl.constexpr,
+    N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
+):
+    """Gradients of one channel block over the batch rows g, g+G, ...: ds (the short conv's output
+    gradient, for :func:`shortconv_bwd_kernel`), du, and per-group partial sums of the filter
+    spectra gradients Σ_b DZ·conj(W) and of the skip weights."""
+    pid_h = tl.program_id(0)
+    g = tl.program_id(1)
+    N: tl.constexpr = N1 * N2
+    offs_n = tl.arange(0, N)
+    offs_h = pid_h * BH + tl.arange(0, BH)
+    hmask = offs_h < H
+    rows = offs_n < L
+    tile_mask = rows[:, None] & hmask[None, :]
+    c1 = _load_mat(c1_ptr, N1, N1)
+    s1 = _load_mat(s1_ptr, N1, N1)
+    c2 = _load_mat(c2_ptr, N2, N2)
+    s2 = _load_mat(s2_ptr, N2, N2)
+    twr = _load_mat(twr_ptr, N1, N2)
+    twi = _load_mat(twi_ptr, N1, N2)
+    twr_t = _load_mat_t(twr_ptr, N1, N2)
+    twi_t = _load_mat_t(twi_ptr, N1, N2)
+    spec = offs_n[:, None] * H + offs_h[None, :]
+    kr = tl.load(kr_ptr + spec, mask=hmask[None, :], other=0.0)
+    ki = tl.load(ki_ptr + spec, mask=hmask[None, :], other=0.0)
+    bias = tl.load(bias_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
+    if HAS_RES:
+        k2r = tl.load(k2r_ptr + spec, mask=hmask[None, :], other=0.0)
+        k2i = tl.load(k2i_ptr + spec, mask=hmask[None, :], other=0.0)
+        bias2 = tl.load(bias2_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
+    gkr = tl.zeros((N, BH), dtype=tl.float32)
+    gki = tl.zeros((N, BH), dtype=tl.float32)
+    gk2r = tl.zeros((N, BH), dtype=tl.float32)
+    gk2i = tl.zeros((N, BH), dtype=tl.float32)
+    dbias = tl.zeros((BH,), dtype=tl.float32)
+    dbias2 = tl.zeros((BH,), dtype=tl.float32)
+    for b in range(g, B, G):
+        p_ptr = proj_ptr + b * s_pb
+        m_ptr = mask_ptr + b * s_mb
+        x1 = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, offs_h, hmask, L, s_pl, s_pc, s_ml, HAS_MASK, N, BH)
+        x2 = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, H + offs_h, hmask, L, s_pl, s_pc, s_ml,
+                         HAS_MASK, N, BH)
+        v = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, 2 * H + offs_h, hmask, L, s_pl, s_pc, s_ml,
+                        HAS_MASK, N, BH)
+        if HAS_MASK:
+            m = tl.load(m_ptr + offs_n * s_ml, mask=rows, other=0.0).to(tl.float32)[:, None]
+        else:
+            m = rows.to(tl.float32)[:, None]
+        w = tl.where(tile_mask, v * x1 * m, 0.0)
+        wr, wi = _dft_real(w, c1, s1, c2, s2, twr, twi, N1, N2, BH, PREC)
+        c = _idft_real(wr * kr - wi * ki, wr * ki + wi * kr, c1, s1, c2, s2, twr_t, twi_t, N1, N2, BH, PREC)
+        dy = tl.load(dy_ptr + b * s_db + offs_n[:, None] * s_dl + offs_h[None, :] * s_dc, mask=tile_mask,
+                     other=0.0).to(tl.float32)
+        dx2 = dy * (c + w * bias)
+        dz = dy * x2
+        dzr, dzi = _dft_real(dz, c1, s1, c2, s2, twr, twi, N1, N2, BH, PREC)
+        gkr += dzr * wr + dzi * wi
+        gki += dzi * wr - dzr * wi
+        dw = _idft_real(dzr * kr + dzi * ki, dzi * kr - dzr * ki, c1, s1, c2, s2, twr_t, twi_t,
+                        N1, N2, BH, PREC) + dz * bias
+        dbias += tl.sum(dz * w, axis=0)
+        dw = dw * m
+        s_base = ds_ptr + b * s_sb + offs_n[:, None] * s_sl
+        dt = ds_ptr.dtype.element_ty
+        tl.store(s_base + offs_h[None, :] * s_sc, (dw * v).to(dt), mask=tile_mask)
+        tl.store(s_base + (H + offs_h[None, :]) * s_sc, dx2.to(dt), mask=tile_mask)
+        tl.store(s_base + (2 * H + offs_h[None, :]) * s_sc, (dw * x1).to(dt), mask=tile_mask)
+        if HAS_RES:
+            ui = tl.load(u_ptr + b * s_ub + offs_n[:, None] * s_ul + offs_h[None, :] * s_uc, mask=tile_mask,
+                         other=0.0).to(tl.float32) * m
+            ur, uim = _dft_real(ui, c1, s1, c2, s2, twr, twi, N1, N2, BH, PREC)
+            dyr, dyi = _dft_real(dy, c1, s1, c2, s2, twr, twi, N1, N2, BH, PREC)
+            gk2r += dyr * ur + dyi * uim
+            gk2i += dyi * ur - dyr * uim
+            dui = _idft_real(dyr * k2r + dyi * k2i, dyi * k2r - dyr * k2i, c1, s1, c2, s2, twr_t, twi_t,
+                             N1, N2, BH, PREC) + dy * bias2
+            dbias2 += tl.sum(dy * ui, axis=0)
+            tl.store(du_ptr + b * s_qb + offs_n[:, None] * s_ql + offs_h[None, :] * s_qc,
+                     (dui * m).to(du_ptr.dtype.element_ty), mask=tile_mask)
+    part = g * N * H + spec
+    tl.store(gk_ptr + part, gkr, mask=hmask[None, :])
+    tl.store(gk_ptr + G * N * H + part, gki, mask=hmask[None, :])
+    tl.store(dbias_ptr + g * H + offs_h, dbias, mask=hmask)
+    if HAS_RES:
+        tl.store(gk2_ptr + part, gk2r, mask=hmask[None, :])
+        tl.store(gk2_ptr + G * N * H + part, gk2i, mask=hmask[None, :])
+        tl.store(dbias2_ptr + g * H + offs_h, dbias2, mask=hmask)
+
+
+@triton.jit
+def shortconv_bwd_kernel(
+    ds_ptr, proj_ptr, mask_ptr, w_ptr, dproj_ptr, dw_ptr, db_ptr,
+    B, L, C, G,
+    s_sb, s_sl, s_sc, s_pb, s_pl, s_pc, s_mb, s_ml, s_qb, s_ql, s_qc,
+    HAS_MASK: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
+):
+    """Backward of the masked depthwise causal conv: d(proj) and per-group partial weight/bias sums."""
+    pid_c = tl.program_id(0)
+    g = tl.program_id(1)
+    offs_c = pid_c * BC + tl.arange(0, BC)
+    cmask = offs_c < C
+    w0 = tl.load(w_ptr + offs_c * 3 + 0, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    w1 = tl.load(w_ptr + offs_c * 3 + 1, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    w2 = tl.load(w_ptr + offs_c * 3 + 2, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    acc0 = tl.zeros((BC,), dtype=tl.float32)
+    acc1 = tl.zeros((BC,), dtype=tl.float32)
+    acc2 = tl.zeros((BC,), dtype=tl.float32)
+    accb = tl.zeros((BC,), dtype=tl.float32)
+    for b in range(g, B, G):
+        for l0 in range(0, L, BL):
+            t = l0 + tl.arange(0, BL)
+            # ds at t, t+1, t+2 and the masked input at t, t-1, t-2.
+            ds0 = tl.load(ds_ptr + b * s_sb + t[:, None] * s_sl + offs_c[None, :] * s_sc,
+                          mask=(t < L)[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+            ds1 = tl.load(ds_ptr + b * s_sb + (t + 1)[:, None] * s_sl + offs_c[None, :] * s_sc,
+                          mask=(t + 1 < L)[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+            ds2 = tl.load(ds_ptr + b * s_sb + (t + 2)[:, None] * s_sl + offs_c[None, :] * s_sc,
+                          mask=(t + 2 < L)[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+            dp = w2 * ds0 + w1 * ds1 + w0 * ds2
+            p0 = tl.load(proj_ptr + b * s_pb + t[:, None] * s_pl + offs_c[None, :] * s_pc,
+                         mask=(t < L)[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+            ok1 = (t >= 1) & (t < L + 1)
+            p1 = tl.load(proj_ptr + b * s_pb + (t - 1)[:, None] * s_pl + offs_c[None, :] * s_pc,
+                         mask=ok1[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+            ok2 = (t >= 2) & (t < L + 2)
+            p2 = tl.load(proj_ptr + b * s_pb + (t - 2)[:, None] * s_pl + offs_c[None, :] * s_pc,
+                         mask=ok2[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+            if HAS_MASK:
+                m0 = tl.load(mask_ptr + b * s_mb + t * s_ml, mask=t < L, other=0.0).to(tl.float32)[:, None]
+                p0 = p0 * m0
+                p1 = p1 * tl.load(mask_ptr + b * s_mb + (t - 1) * s_ml, mask=ok1, other=0.0).to(tl.float32)[:, None]
+                p2 = p2 * tl.load(mask_ptr + b * s_mb + (t - 2) * s_ml, mask=ok2, other=0.0).to(tl.float32)[:, None]
+                dp = dp * m0
+            tl.store(dproj_ptr + b * s_qb + t[:, None] * s_ql + offs_c[None, :] * s_qc,
+                     dp.to(dproj_ptr.dtype.element_ty), mask=(t < L)[:, None] & cmask[None, :])
+            acc2 += tl.sum(ds0 * p0, axis=0)
+            acc1 += tl.sum(ds0 * p1, axis=0)
+            acc0 += tl.sum(ds0 * p2, axis=0)
+            accb += tl.sum(ds0, axis=0)
+    base = dw_ptr + g * C * 3 + offs_c * 3
+    tl.store(base + 0, acc0, mask=cmask)
+    tl.store(base + 1, acc1, mask=cmask)
+    tl.store(base + 2, acc2, mask=cmask)
+    tl.store(db_ptr + g * C + offs_c, accb, mask=cmask)

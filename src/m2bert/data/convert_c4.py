@@ -1,0 +1,456 @@
+"""Convert C4 (Hugging Face ``allenai/c4``/``en``, or local files in C4's layout) to MDS shards.
+
+Two output modes, auto-detected by the loader (m2bert.data.mlm):
+
+* raw text (default): one sample per document, column ``text`` (``str``); tokenised at load
+  time, truncated/padded to ``max_seq_len`` — as MosaicML's original BERT recipe does;
+* pre-tokenised (``--tokenizer T --concat-tokens L``): column ``tokens``
+  (``ndarray:uint16:L`` or ``int32``), rows of exactly ``L`` ids: ``[CLS]`` followed by the
+  next ``L-1`` ids of the stream ``doc1 [SEP] doc2 [SEP] …``. Nothing is padded except the very
+  last row of a split, so no text is dropped.
+
+Each split goes to ``<out-root>/<split>/`` (``train``, ``train_small``, ``val``, ``val_small``,
+as in MosaicML's converter). It is written to a hidden ``.<split>.partial-*`` folder and renamed
+only after ``index.json`` has been checked against the shards, so an interrupted run never
+leaves a folder that looks complete.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+HF_DATASET = "allenai/c4"
+HF_CONFIG = "en"
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """One output split: which source split it reads and how many documents at most."""
+
+    source_split: str  # "train" | "validation"
+    max_docs: int | None
+
+
+# As MosaicML's convert_dataset (examples/bert/src/convert_dataset.py): full splits and small ones.
+SPLITS: dict[str, SplitSpec] = {
+    "train": SplitSpec("train", None),
+    "train_small": SplitSpec("train", 100_000),
+    "val": SplitSpec("validation", None),
+    "val_small": SplitSpec("validation", 10_000),
+}
+LOCAL_SUFFIXES = (".json", ".json.gz", ".jsonl", ".jsonl.gz")
+CHUNK_LINES = 256
+
+
+class C4InputError(ValueError):
+    """Bad input; the message names the file and (where it applies) the line."""
+
+
+@dataclass
+class ConvertStats:
+    """Counts for one split, returned in the JSON summary."""
+
+    split: str
+    documents: int = 0
+    rows: int = 0
+    skipped: int = 0
+    skipped_reasons: dict[str, int] = field(default_factory=dict)
+    shards: int = 0
+    seconds: float = 0.0
+    path: str = ""
+
+
+# ----------------------------------------------------------------------------- reading
+def is_remote(path: str) -> bool:
+    """``s3://``, ``gs://``, ``oci://``, … (anything ``streaming`` uploads to) vs. a local path."""
+    return "://" in path and not path.startswith("file://")
+
+
+def find_local_files(source: str | os.PathLike[str]) -> dict[str, list[Path]]:
+    """Map source split → sorted C4 files under ``source`` (a file or a directory).
+
+    Files whose name contains ``validation`` are the validation split (C4's
+    ``c4-validation.*.json.gz``); every other file is train. A single file is train.
+    """
+    p = Path(source).expanduser()
+    if not p.exists():
+        raise C4InputError(f"input path {p} does not exist")
+    if p.is_file():
+        files = [p]
+    else:
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(LOCAL_SUFFIXES))
+        if not files:
+            raise C4InputError(f"no C4 files ({', '.join('*' + s for s in LOCAL_SUFFIXES)}) under {p}")
+    out: dict[str, list[Path]] = {"train": [], "validation": []}
+    for f in files:
+        out["validation" if "validation" in f.name else "train"].append(f)
+    return out
+
+
+def _iter_file_lines(path: Path) -> Iterator[tuple[str, int, bytes]]:
+    """Yield (file, line number, raw bytes) for non-blank lines; empty or unreadable files raise."""
+    if not path.exists():
+        raise C4InputError(f"input file {path} does not exist")
+    opener: Any = gzip.open if path.name.endswith(".gz") else open
+    n = 0
+    try:
+        with opener(path, "rb") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if line.strip():
+                    n += 1
+                    yield str(path), lineno, line
+    except (OSError, EOFError) as exc:
+        raise C4InputError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from exc
+    if n == 0:
+        raise C4InputError(f"input file {path} is empty (no JSON lines)")
+
+
+def _iter_hf_lines(source_split: str) -> Iterator[tuple[str, int, Any]]:
+    """Stream ``allenai/c4`` (``en``) from the Hugging Face hub; needs network (untested offline)."""
+    import datasets
+
+    ds = datasets.load_dataset(HF_DATASET, HF_CONFIG, split=source_split, streaming=True)
+    for i, rec in enumerate(ds, 1):
+        yield f"{HF_DATASET}:{HF_CONFIG}/{source_split}", i, rec
+
+
+def parse_line(file: str, lineno: int, raw: Any) -> str:
+    """Return the document text of one line, or raise C4InputError naming file, line and problem."""
+    if isinstance(raw, dict):
+        rec = raw
+    else:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise C4InputError(f"{file} line {lineno}: undecodable bytes (not UTF-8): {exc}") from exc
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise C4InputError(f"{file} line {lineno}: not JSON ({exc.msg} at column {exc.colno})") from exc
+    if not isinstance(rec, dict):
+        raise C4InputError(f"{file} line {lineno}: not a JSON object (got {type(rec).__name__})")
+    if "text" not in rec:
+        raise C4InputError(f"{file} line {lineno}: record has no 'text' field (keys: {sorted(rec)})")
+    text = rec["text"]
+    if not isinstance(text, str):
+        raise C4InputError(f"{file} line {lineno}: 'text' is not a string (got {type(text).__name__})")
+    return text
+
+
+# ----------------------------------------------------------------------------- workers
+_WORKER_TOKENIZER: Any = None
+
+
+def _init_worker(tokenizer_name: str | None) -> None:
+    global _WORKER_TOKENIZER
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if tokenizer_name is not None:
+        from m2bert.data.tokenizer import load_tokenizer
+
+        _WORKER_TOKENIZER = load_tokenizer(tokenizer_name)
+
+
+def _process_chunk(chunk: list[tuple[str, int, Any]]) -> list[tuple[str, int, str | None, str | None, list[int] | None]]:
+    """Parse (and tokenise) a chunk; errors are returned, not raised, so the parent decides in order."""
+    out: list[tuple[str, int, str | None, str | None, list[int] | None]] = []
+    for file, lineno, raw in chunk:
+        try:
+            out.append((file, lineno, parse_line(file, lineno, raw), None, None))
+        except C4InputError as exc:
+            out.append((file, lineno, None, str(exc), None))
+    if _WORKER_TOKENIZER is not None:
+        idx = [i for i, r in enumerate(out) if r[2] is not None]
+        if idx:
+            ids = _WORKER_TOKENIZER([out[i][2] for i in idx], add_special_tokens=False, verbose=False)["input_ids"]
+            for i, toks in zip(idx, ids):
+                f, ln, text, err, _ = out[i]
+                out[i] = (f, ln, text, err, toks)
+    return out
+
+
+def _chunks(lines: Iterator[tuple[str, int, Any]], size: int) -> Iterator[list[tuple[str, int, Any]]]:
+    buf: list[tuple[str, int, Any]] = []
+    for item in lines:
+        buf.append(item)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def _error_kind(message: str) -> str:
+    for kind in ("undecodable bytes", "not JSON", "not a JSON object", "has no 'text'", "not a string", "is empty",
+                 "cannot read"):
+        if kind in message:
+            return kind
+    return "other"
+
+
+# ----------------------------------------------------------------------------- packing
+class _Packer:
+    """Packs token ids into rows of exactly ``length``: ``[CLS]`` + next ``length-1`` stream ids."""
+
+    def __init__(self, length: int, cls_id: int | None, sep_id: int | None, pad_id: int) -> None:
+        self.length, self.cls_id, self.sep_id, self.pad_id = length, cls_id, sep_id, pad_id
+        self.body = length - (1 if cls_id is not None else 0)
+        self.buf: list[int] = []
+
+    def add(self, ids: list[int]) -> Iterator[list[int]]:
+        self.buf.extend(ids)
+        if self.sep_id is not None:
+            self.buf.append(self.sep_id)
+        while len(self.buf) >= self.body:
+            yield self._row(self.buf[: self.body])
+            del self.buf[: self.body]
+
+    def flush(self) -> Iterator[list[int]]:
+        if self.buf:
+            row = self._row(self.buf)
+            yield row + [self.pad_id] * (self.length - len(row))
+            self.buf = []
+
+    def _row(self, body: list[int]) -> list[int]:
+        return ([self.cls_id] if self.cls_id is not None else []) + body
+
+
+# ----------------------------------------------------------------------------- writing
+def verify_index(folder: Path, expected_rows: int) -> int:
+    """Check ``index.json`` lists shards that exist with the expected total; return the shard count."""
+    index_path = folder / "index.json"
+    if not index_path.is_file():
+        raise RuntimeError(f"conversion wrote no index.json in {folder}")
+    index = json.loads(index_path.read_text())
+    shards = index.get("shards", [])
+    total = 0
+    for shard in shards:
+        data = shard.get("zip_data") or shard["raw_data"]
+        f = folder / data["basename"]
+        if not f.is_file():
+            raise RuntimeError(f"index.json in {folder} lists {data['basename']}, which is missing")
+        if f.stat().st_size != data["bytes"]:
+            raise RuntimeError(f"{f}: {f.stat().st_size} bytes on disk, index.json says {data['bytes']}")
+        total += int(shard["samples"])
+    if total != expected_rows:
+        raise RuntimeError(f"index.json in {folder} counts {total} samples; {expected_rows} were written")
+    return len(shards)
+
+
+def _split_is_nonempty(out_root: str, split: str) -> bool:
+    if is_remote(out_root):
+        return False  # MDSWriter itself refuses a non-empty remote folder
+    p = Path(out_root).expanduser() / split
+    return p.exists() and (not p.is_dir() or any(p.iterdir()))
+
+
+def convert(
+    source: str = HF_DATASET,
+    out_root: str = "c4-mds",
+    *,
+    splits: Sequence[str] = ("train", "train_small", "val", "val_small"),
+    tokenizer: str | None = None,
+    concat_tokens: int | None = None,
+    compression: str | None = "zstd",
+    num_workers: int = 0,
+    limit: int | None = None,
+    force: bool = False,
+    skip_bad: bool = False,
+    size_limit: int | str = 1 << 26,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Convert ``source`` (``allenai/c4`` or local C4 files) into ``out_root/<split>/`` MDS shards.
+
+    Returns a JSON-able summary (per-split documents, rows, skipped lines, shards, docs/s).
+    Raises :class:`C4InputError` on bad input (unless ``skip_bad``), ``FileExistsError`` if a
+    split folder is non-empty and ``force`` is false.
+    """
+    global _WORKER_TOKENIZER
+    from streaming import MDSWriter
+    from tqdm.auto import tqdm
+
+    for s in splits:
+        if s not in SPLITS:
+            raise ValueError(f"unknown split {s!r}; choose from {sorted(SPLITS)}")
+    if (tokenizer is None) != (concat_tokens is None):
+        raise ValueError("pre-tokenised mode needs both --tokenizer and --concat-tokens")
+    if concat_tokens is not None and concat_tokens < 2:
+        raise ValueError(f"--concat-tokens must be >= 2, got {concat_tokens}")
+    for s in splits:
+        if _split_is_nonempty(out_root, s) and not force:
+            raise FileExistsError(f"{Path(out_root) / s} exists and is not empty; pass --force to overwrite it")
+
+    use_hf = source in (HF_DATASET, "c4", f"{HF_DATASET}:{HF_CONFIG}")
+    local_files = None if use_hf else find_local_files(source)
+
+    tok = None
+    columns: dict[str, str]
+    if tokenizer is not None:
+        from m2bert.data.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(tokenizer)
+        dtype = "uint16" if len(tok) <= 65535 else "int32"
+        columns = {"tokens": f"ndarray:{dtype}:{concat_tokens}"}
+        cls_id = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+        sep_id = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else (sep_id if sep_id is not None else 0)
+    else:
+        columns = {"text": "str"}
+
+    import numpy as np
+
+    summary: dict[str, Any] = {"source": str(source), "out_root": str(out_root), "mode": "tokens" if tok else "text",
+                               "tokenizer": tokenizer, "concat_tokens": concat_tokens, "splits": {}}
+    remote = is_remote(out_root)
+    for split in splits:
+        spec = SPLITS[split]
+        max_docs = spec.max_docs
+        if limit is not None:
+            max_docs = limit if max_docs is None else min(max_docs, limit)
+        if use_hf:
+            lines: Iterator[tuple[str, int, Any]] = _iter_hf_lines(spec.source_split)
+        else:
+            assert local_files is not None
+            files = local_files[spec.source_split]
+            if not files:
+                raise C4InputError(
+                    f"split {split!r} reads C4's {spec.source_split!r} files, but {source} has none "
+                    f"(validation files have 'validation' in their name); choose other --splits")
+            lines = (x for f in files for x in _iter_file_lines(f))
+
+        stats = ConvertStats(split=split)
+        if remote:
+            tmp_parent = Path(tempfile.mkdtemp(prefix="m2bert-c4-"))
+            tmp = tmp_parent / split
+            final_remote = out_root.rstrip("/") + "/" + split
+            out: Any = (str(tmp), final_remote)
+        else:
+            root = Path(out_root).expanduser()
+            root.mkdir(parents=True, exist_ok=True)
+            tmp_parent = None
+            tmp = Path(tempfile.mkdtemp(prefix=f".{split}.partial-", dir=root))
+            out = str(tmp)
+        t0 = time.perf_counter()
+        pool = None
+        try:
+            writer = MDSWriter(columns=columns, out=out, compression=compression, size_limit=size_limit,
+                               keep_local=True)
+            packer = _Packer(concat_tokens, cls_id, sep_id, pad_id) if tok is not None else None  # type: ignore[arg-type]
+            bar = tqdm(total=max_docs, unit="doc", desc=f"c4 {split}", disable=not progress, mininterval=1.0)
+
+            def emit(ids: list[int]) -> None:
+                writer.write({"tokens": np.asarray(ids, dtype=columns["tokens"].split(":")[1])})
+                stats.rows += 1
+
+            chunks = _chunks(lines, CHUNK_LINES)
+            tok_name = tokenizer if tok is not None else None
+            if num_workers > 0:
+                pool = get_context("spawn").Pool(num_workers, initializer=_init_worker, initargs=(tok_name,))
+                results: Any = pool.imap(_process_chunk, chunks)
+            else:
+                _WORKER_TOKENIZER = tok
+                results = map(_process_chunk, chunks)
+            done = False
+            for chunk_result in results:
+                for file, lineno, text, err, ids in chunk_result:
+                    if err is not None:
+                        if not skip_bad:
+                            raise C4InputError(err)
+                        kind = _error_kind(err)
+                        stats.skipped += 1
+                        stats.skipped_reasons[kind] = stats.skipped_reasons.get(kind, 0) + 1
+                        log.warning("skipping: %s", err)
+                        continue
+                    stats.documents += 1
+                    bar.update(1)
+                    if packer is None:
+                        writer.write({"text": text})
+                        stats.rows += 1
+                    else:
+                        for row in packer.add(ids):  # type: ignore[arg-type]
+                            emit(row)
+                    if max_docs is not None and stats.documents >= max_docs:
+                        done = True
+                        break
+                if done:
+                    break
+            if packer is not None:
+                for row in packer.flush():
+                    emit(row)
+            bar.close()
+            if stats.documents == 0:
+                raise C4InputError(f"no documents read from {source} for split {split!r}")
+            writer.finish()
+            stats.shards = verify_index(tmp, stats.rows)
+            stats.seconds = time.perf_counter() - t0
+            if remote:
+                stats.path = final_remote
+            else:
+                final = Path(out_root).expanduser() / split
+                if final.exists():
+                    shutil.rmtree(final) if final.is_dir() else final.unlink()
+                os.replace(tmp, final)
+                stats.path = str(final)
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+            _WORKER_TOKENIZER = None  # the in-process tokenizer is only for this call
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+            if tmp_parent is not None:
+                shutil.rmtree(tmp_parent, ignore_errors=True)
+        rate = stats.documents / stats.seconds if stats.seconds > 0 else 0.0
+        log.info("%s: %d documents → %d rows in %d shards (%.0f docs/s), %d lines skipped → %s", split,
+                 stats.documents, stats.rows, stats.shards, rate, stats.skipped, stats.path)
+        stats.seconds = round(stats.seconds, 3)
+        summary["splits"][split] = {**stats.__dict__, "docs_per_s": round(rate, 1)}
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point (``python data_prep/convert_c4.py`` / ``m2bert-convert-c4``); prints JSON."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--source", default=HF_DATASET,
+                    help=f"'{HF_DATASET}' (streamed from the hub, needs network) or a local C4 file/directory")
+    ap.add_argument("--out-root", required=True, help="output root: a local folder or a remote URL (s3://…)")
+    ap.add_argument("--splits", nargs="+", default=["train", "train_small", "val", "val_small"],
+                    choices=sorted(SPLITS))
+    ap.add_argument("--tokenizer", default=None, help="pre-tokenise with this tokenizer (HF id or directory)")
+    ap.add_argument("--concat-tokens", type=int, default=None, help="row length for pre-tokenised mode, e.g. 128")
+    ap.add_argument("--compression", default="zstd", help="shard compression ('none' for none)")
+    ap.add_argument("--num-workers", type=int, default=0, help="parse/tokenise in this many processes")
+    ap.add_argument("--limit", type=int, default=None, help="at most this many documents per split (smoke runs)")
+    ap.add_argument("--force", action="store_true", help="overwrite non-empty split folders")
+    ap.add_argument("--skip-bad", action="store_true", help="skip and count bad lines instead of stopping")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        summary = convert(
+            args.source, args.out_root, splits=args.splits, tokenizer=args.tokenizer,
+            concat_tokens=args.concat_tokens,
+            compression=None if args.compression.lower() == "none" else args.compression,
+            num_workers=args.num_workers, limit=args.limit, force=args.force, skip_bad=args.skip_bad,
+            progress=not args.no_progress)
+    except (C4InputError, FileExistsError, ValueError) as exc:
+        log.error("error: %s", exc)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

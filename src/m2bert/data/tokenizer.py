@@ -1,0 +1,157 @@
+"""Tokenizers: load one by Hugging Face id or local path, or train a BERT-style WordPiece offline.
+
+A trained tokenizer uses BERT's special tokens *and ids* ([PAD]=0, [unused0..98]=1..99,
+[UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103), so code and configs written for
+``bert-base-uncased`` work unchanged with it; only the vocabulary size differs.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+NUM_UNUSED = 99  # [unused0]..[unused98] occupy ids 1..99, as in BERT's vocab.txt
+BERT_SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
+
+_PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A Hugging Face id is ``name`` or ``org/name``; anything else we treat as a local path."""
+    return name.startswith(_PATH_PREFIXES) or os.path.isabs(name) or name.count("/") > 1 or name.endswith(".txt")
+
+
+def load_tokenizer(name_or_dir: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
+    """Load a tokenizer from a local directory, a BERT ``vocab.txt`` file, or a Hugging Face id.
+
+    Local paths win over hub ids, so an offline machine never reaches for the network when the
+    directory exists; a path that does not exist fails fast with its name in the message.
+    """
+    name = os.fspath(name_or_dir)
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.name.endswith(".txt"):  # a bare BERT vocab file
+            return BertTokenizerFast(vocab_file=str(path), do_lower_case=True)
+        raise ValueError(f"tokenizer path {path} is a file; expected a tokenizer directory or a vocab.txt")
+    if path.is_dir():
+        try:
+            return AutoTokenizer.from_pretrained(str(path))
+        except Exception as exc:  # noqa: BLE001 - re-raised with the path named
+            raise ValueError(f"could not load a tokenizer from directory {path}: {exc}") from exc
+    if _looks_like_path(name):
+        raise FileNotFoundError(f"tokenizer directory {path} does not exist")
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as exc:  # noqa: BLE001
+        raise OSError(
+            f"could not load tokenizer {name!r}: no local directory of that name exists and the Hugging Face "
+            f"hub could not provide it ({type(exc).__name__}: {exc}). Offline, train one with "
+            f"data_prep/train_tokenizer.py and pass its directory."
+        ) from exc
+
+
+def iter_corpus_texts(files: Sequence[str | os.PathLike[str]]) -> Iterator[str]:
+    """Texts of a corpus: the ``text`` field of JSON-lines files (C4 layout), else plain-text lines."""
+    for f in files:
+        p = Path(f)
+        if not p.is_file():
+            raise FileNotFoundError(f"corpus file {p} does not exist")
+        is_json = any(p.name.endswith(s) for s in (".json", ".jsonl", ".json.gz", ".jsonl.gz"))
+        opener = gzip.open if p.name.endswith(".gz") else open
+        with opener(p, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                if is_json:
+                    try:
+                        yield json.loads(line)["text"]
+                    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                        raise ValueError(f"{p} line {lineno}: expected a JSON object with 'text' ({exc})") from exc
+                else:
+                    yield line.rstrip("\n")
+
+
+def train_wordpiece(
+    files: Sequence[str | os.PathLike[str]] | Iterable[str],
+    out_dir: str | os.PathLike[str],
+    vocab_size: int = 30522,
+    *,
+    min_frequency: int = 2,
+    texts: Iterable[str] | None = None,
+) -> Path:
+    """Train an uncased WordPiece tokenizer with BERT's special ids; save a BertTokenizerFast dir.
+
+    ``files`` are corpus files (JSON lines with ``text``, or plain text); alternatively pass
+    ``texts`` directly (then ``files`` may be empty). The directory is written atomically.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    n_reserved = len(SPECIAL_TOKENS) + NUM_UNUSED
+    if vocab_size <= n_reserved + 100:
+        raise ValueError(f"vocab_size must be > {n_reserved + 100}, got {vocab_size}")
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size - NUM_UNUSED,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+    )
+    source = texts if texts is not None else iter_corpus_texts(list(files))  # type: ignore[arg-type]
+    tok.train_from_iterator(source, trainer=trainer)
+
+    learned = [t for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]) if t not in SPECIAL_TOKENS]
+    vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(NUM_UNUSED)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"] + learned
+    vocab = vocab[:vocab_size]
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        (tmp / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+        fast = BertTokenizerFast(vocab_file=str(tmp / "vocab.txt"), do_lower_case=True)
+        fast.save_pretrained(str(tmp))
+        for token, want in BERT_SPECIAL_IDS.items():
+            got = fast.convert_tokens_to_ids(token)
+            if got != want:  # pragma: no cover - guards the construction above
+                raise AssertionError(f"{token} got id {got}, expected {want}")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("trained WordPiece tokenizer: %d tokens → %s", len(vocab), out)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: ``train_tokenizer.py --out DIR [--vocab-size N] FILE...``; prints a JSON summary."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("files", nargs="+", help="corpus files: C4-style JSON lines (.json/.jsonl/.json.gz) or text")
+    ap.add_argument("--out", required=True, help="output tokenizer directory (BertTokenizerFast layout)")
+    ap.add_argument("--vocab-size", type=int, default=30522)
+    ap.add_argument("--min-frequency", type=int, default=2)
+    ap.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        ap.error(f"{out} exists and is not empty; pass --force to overwrite")
+    path = train_wordpiece(args.files, out, args.vocab_size, min_frequency=args.min_frequency)
+    tok = load_tokenizer(path)
+    print(json.dumps({"out": str(path), "vocab_size": len(tok)}))
+    return 0

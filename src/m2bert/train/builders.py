@@ -1,0 +1,151 @@
+"""Builders shared by the entry points: model, optimizer, scheduler, callbacks, loggers."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig, OmegaConf
+
+from m2bert.config import M2BertConfig
+from m2bert.model.param_groups import param_groups
+
+log = logging.getLogger(__name__)
+
+BERT_PRESETS: dict[str, dict[str, Any]] = {
+    "bert-base": {},  # transformers' BertConfig defaults are bert-base
+    "bert-tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration problem found at start-up, before any heavy work."""
+
+
+def vocab_size_for(tokenizer_len: int, overrides: dict[str, Any]) -> int:
+    """The tokenizer's size padded to a multiple of 8 (30522 → 30528), unless overridden."""
+    if "vocab_size" in overrides:
+        size = int(overrides["vocab_size"])
+        if size < tokenizer_len:
+            raise ConfigError(f"model.overrides.vocab_size={size} is smaller than the tokenizer's {tokenizer_len} tokens")
+        return size
+    return int(math.ceil(tokenizer_len / 8) * 8)
+
+
+def build_mlm_model(model_cfg: DictConfig, impl_cfg: DictConfig, tokenizer_len: int, max_seq_len: int) -> nn.Module:
+    """An M2BertForMaskedLM or, for the baseline, transformers' BertForMaskedLM (SDPA attention)."""
+    overrides = dict(OmegaConf.to_container(model_cfg.overrides, resolve=True) or {})
+    vocab = vocab_size_for(tokenizer_len, overrides)
+    overrides["vocab_size"] = vocab
+    if model_cfg.family == "m2":
+        from m2bert import M2BertForMaskedLM
+
+        overrides.setdefault("kernels", impl_cfg.kernels)
+        overrides.setdefault("long_conv_impl", impl_cfg.long_conv_impl)
+        if max_seq_len > 128 and "max_length" not in overrides:
+            overrides["max_length"] = max_seq_len
+        try:
+            config = M2BertConfig.from_preset(model_cfg.preset, **overrides)
+        except ValueError as e:
+            raise ConfigError(f"model: {e}") from e
+        if max_seq_len > config.long_conv_l_max:
+            raise ConfigError(f"data.max_seq_len={max_seq_len} exceeds the model's long_conv_l_max={config.long_conv_l_max}")
+        return M2BertForMaskedLM(config)
+    if model_cfg.family == "bert":
+        from transformers import BertConfig, BertForMaskedLM
+
+        if model_cfg.preset not in BERT_PRESETS:
+            raise ConfigError(f"model.preset={model_cfg.preset!r}; choose one of {sorted(BERT_PRESETS)}")
+        valid = set(BertConfig().to_dict())
+        unknown = set(overrides) - valid
+        if unknown:
+            raise ConfigError(f"model.overrides has unknown BertConfig field(s) {sorted(unknown)}")
+        fields = {**BERT_PRESETS[model_cfg.preset], **overrides}
+        fields.setdefault("max_position_embeddings", max(512, max_seq_len))
+        return BertForMaskedLM(BertConfig(**fields, attn_implementation="sdpa"))
+    raise ConfigError(f"model.family={model_cfg.family!r}; choose m2 or bert")
+
+
+def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
+    """DecoupledAdamW (the paper's) or AdamW, with the implicit filters' own groups for M2."""
+    groups = param_groups(model) if hasattr(model.config, "long_conv_kernel_learning_rate") else [{"params": list(model.parameters())}]
+    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "decoupled_adamw":
+        from composer.optim import DecoupledAdamW
+
+        return DecoupledAdamW(groups, **kwargs)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, **kwargs)
+    raise ConfigError(f"optimizer.name={cfg.name!r}; choose decoupled_adamw or adamw")
+
+
+def build_scheduler(cfg: DictConfig) -> Any:
+    from composer.optim import ConstantWithWarmupScheduler, LinearWithWarmupScheduler
+
+    if cfg.name == "linear_decay_with_warmup":
+        return LinearWithWarmupScheduler(t_warmup=cfg.t_warmup, alpha_f=cfg.alpha_f)
+    if cfg.name == "constant_with_warmup":
+        return ConstantWithWarmupScheduler(t_warmup=cfg.t_warmup)
+    raise ConfigError(f"scheduler.name={cfg.name!r}; choose linear_decay_with_warmup or constant_with_warmup")
+
+
+def resolve_device_and_precision(device: str, precision: str) -> tuple[str, str]:
+    if device == "auto":
+        device = "gpu" if torch.cuda.is_available() else "cpu"
+    if precision == "auto":
+        precision = "amp_bf16" if device == "gpu" else "fp32"
+    if device == "cpu" and precision != "fp32":
+        raise ConfigError(f"precision={precision} needs a GPU; use precision=fp32 (or auto) on CPU")
+    return device, precision
+
+
+def build_callbacks(device: str) -> list[Any]:
+    from composer.callbacks import LRMonitor, MemoryMonitor, SpeedMonitor
+
+    callbacks: list[Any] = [SpeedMonitor(window_size=10), LRMonitor()]
+    if device == "gpu":
+        callbacks.append(MemoryMonitor())
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig, run_name: str) -> list[Any]:
+    if cfg.name == "console":
+        return []
+    if cfg.name == "wandb":
+        from composer.loggers import WandBLogger
+
+        if cfg.mode:
+            os.environ["WANDB_MODE"] = cfg.mode
+        return [WandBLogger(project=cfg.project, entity=cfg.entity, name=run_name)]
+    raise ConfigError(f"logger.name={cfg.name!r}; choose console or wandb")
+
+
+def atomic_save_pretrained(model: nn.Module, tokenizer: Any, out_dir: str) -> str:
+    """save_pretrained into a temporary sibling folder, then rename: never a half-written export."""
+    import shutil
+    import tempfile
+
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    import json
+    import tempfile
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)

@@ -1,0 +1,107 @@
+"""The Triton kernels' switch and its promises, plus the interpreted kernel suite (tests/kernels/).
+
+Triton reads ``TRITON_INTERPRET`` when it is first imported, which ``import torch`` /
+``transformers`` may already have done in this process, so the interpreted suite runs in a
+subprocess started with the variable set.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from m2bert import M2BertConfig, M2BertModel
+from m2bert.kernels.dispatch import use_triton
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("triton")
+
+
+def _run(code_or_args, env_extra, timeout):
+    env = {**os.environ, **env_extra}
+    args = code_or_args if isinstance(code_or_args, list) else ["-c", code_or_args]
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="tests/kernels runs in this process already")
+def test_interpreted_kernel_suite():
+    """Forward and gradients of both kernels vs the PyTorch reference, and the model, interpreted on CPU."""
+    proc = _run(["-m", "pytest", "tests/kernels", "-p", "no:cacheprovider"], {"TRITON_INTERPRET": "1"}, 900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "skipped" not in summary and "deselected" not in summary, summary
+
+
+def test_switch():
+    assert not use_triton("torch", "cpu")
+    assert not use_triton("auto", "cpu")
+    assert use_triton("auto", "cuda")  # triton is installed (importorskip above)
+    assert not use_triton("torch", "cuda")
+    with pytest.raises(ValueError, match="kernels="):
+        use_triton("fast", "cpu")
+
+
+def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="kernels: triton needs a CUDA GPU or TRITON_INTERPRET=1"):
+        use_triton("triton", "cpu")
+    model = M2BertModel(M2BertConfig.from_preset("m2-bert-tiny", kernels="triton")).eval()
+    with pytest.raises(RuntimeError, match="kernels: triton needs a CUDA GPU or TRITON_INTERPRET=1"):
+        model(torch.ones(1, 8, dtype=torch.long))
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="interpreter enabled from process start")
+def test_interpreter_switched_on_too_late_is_a_clear_error(monkeypatch):
+    import triton  # noqa: F401  (imported without the variable, as in any ordinary process)
+
+    from m2bert.kernels._loader import kernel_module
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(RuntimeError, match="before Python starts"):
+        kernel_module("blockdiag_glu", torch.device("cpu"))
+
+
+def test_import_and_cpu_run_touch_no_triton_driver():
+    code = (
+        "import sys, torch, m2bert\n"
+        "import m2bert.kernels, m2bert.kernels.dispatch, m2bert.kernels.seq_mixer_conv, m2bert.kernels.blockdiag_glu\n"
+        "from m2bert import M2BertConfig, M2BertModel\n"
+        "m = M2BertModel(M2BertConfig.from_preset('m2-bert-tiny', kernels='auto')).eval()\n"
+        "m(torch.ones(1, 8, dtype=torch.long))\n"
+        "if 'triton.runtime.driver' in sys.modules:\n"
+        "    from triton.runtime.driver import driver\n"
+        "    assert driver.default._obj is None, 'a Triton driver was initialised'\n"
+        "print('ok')\n"
+    )
+    proc = _run(code, {"TRITON_INTERPRET": "0"}, 300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_gpu_scripts_explain_on_cpu(tmp_path):
+    """Without a GPU, the GPU scripts say that they need one (and exit non-zero) instead of failing obscurely."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: bench/gpu_check.sh runs these for real")
+    proc = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=ROOT, env={**os.environ, "OUT": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "needs a CUDA GPU" in proc.stderr, proc.stderr
+    proc = _run(["bench/kernels.py"], {"TRITON_INTERPRET": "0"}, 120)
+    assert proc.returncode != 0 and "CUDA GPU" in proc.stderr, proc.stderr[-2000:]
+    proc = _run(["bench/throughput.py", "--device", "cuda", "--lengths", "128"], {}, 120)
+    assert proc.returncode != 0 and "no CUDA GPU is visible" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_kernel_bench_smoke_on_cpu(tmp_path):
+    """bench/kernels.py end to end on tiny shapes with the interpreter (its times mean nothing)."""
+    out = tmp_path / "k.json"
+    proc = _run(["bench/kernels.py", "--device", "cpu", "--lengths", "16", "--batch", "1", "--hidden", "8",
+                 "--dtype", "fp32", "--no-compile", "--repeats", "1", "--warmup", "0", "--json", str(out)],
+                {"TRITON_INTERPRET": "1"}, 300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    res = json.loads(out.read_text())
+    for name in ("seq_mixer_conv", "monarch_glu"):
+        row = res["kernels"][name]["16"]
+        assert "fwdbwd_ms" in row["triton"] and "fwdbwd_ms" in row["eager"], row

@@ -1,0 +1,122 @@
+"""Model behaviour: padding invariance, heads, param groups, Hugging Face round trip."""
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+import m2bert  # noqa: F401  (registers the Auto* classes)
+from m2bert import M2BertConfig, M2BertForMaskedLM, M2BertForSequenceClassification, M2BertModel, param_groups
+
+
+def tiny(**overrides) -> M2BertConfig:
+    return M2BertConfig.from_preset("m2-bert-tiny", **overrides)
+
+
+@pytest.mark.parametrize("impl", ["fft", "monarch"])
+def test_padding_invariance(impl):
+    config = tiny(max_length=512, long_conv_impl=impl)
+    model = M2BertModel(config).eval()
+    n = 37
+    ids = torch.randint(5, config.vocab_size, (1, n))
+    outs = []
+    for total in (64, 512):
+        padded = torch.zeros(1, total, dtype=torch.long)
+        padded[:, :n] = ids
+        mask = (torch.arange(total) < n).long()[None]
+        with torch.no_grad():
+            outs.append(model(padded, attention_mask=mask).last_hidden_state[:, :n])
+    assert (outs[0] - outs[1]).abs().max().item() <= 1e-5
+
+
+def test_original_semantics_leak_padding():
+    """With padding_invariant=False (the original), padding changes real tokens' states."""
+    config = tiny(max_length=512, padding_invariant=False)
+    model = M2BertModel(config).eval()
+    ids = torch.randint(5, config.vocab_size, (1, 20))
+    outs = []
+    for total in (32, 256):
+        padded = torch.zeros(1, total, dtype=torch.long)
+        padded[:, :20] = ids
+        with torch.no_grad():
+            outs.append(model(padded, attention_mask=(padded > 0).long()).last_hidden_state[:, :20])
+    assert (outs[0] - outs[1]).abs().max().item() > 1e-3
+
+
+def test_input_longer_than_filter_is_a_clear_error():
+    model = M2BertModel(tiny()).eval()
+    with pytest.raises(ValueError, match="max_position_embeddings|long_conv_l_max"):
+        model(torch.ones(1, 129, dtype=torch.long))
+
+
+def test_mlm_loss_only_on_masked_positions():
+    config = tiny(hidden_dropout_prob=0.0)
+    model = M2BertForMaskedLM(config).eval()
+    ids = torch.randint(5, config.vocab_size, (2, 16))
+    labels = torch.full_like(ids, -100)
+    labels[0, 3], labels[1, 7], labels[1, 8] = 11, 12, 13
+    out = model(ids, labels=labels)
+    assert out.logits.shape == (3, config.vocab_size)
+    full = model(ids).logits.reshape(-1, config.vocab_size)
+    sel = labels.reshape(-1) != -100
+    ref = torch.nn.functional.cross_entropy(full[sel], labels.reshape(-1)[sel])
+    torch.testing.assert_close(out.loss, ref)
+    torch.testing.assert_close(out.logits, full[sel])
+    assert out.masked_positions.tolist() == sel.nonzero().squeeze(-1).tolist()
+
+
+def test_decoder_is_tied_to_word_embeddings():
+    model = M2BertForMaskedLM(tiny())
+    assert model.mlm_head.decoder.weight is model.bert.embeddings.word_embeddings.weight
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_pooling(pooling):
+    config = tiny(pooling=pooling, num_labels=3)
+    model = M2BertForSequenceClassification(config).eval()
+    hidden = torch.randn(2, 5, config.hidden_size)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    pooled = model.head.pool(hidden, mask)
+    expect = hidden[:, 0] if pooling == "cls" else torch.stack([hidden[0, :3].mean(0), hidden[1].mean(0)])
+    torch.testing.assert_close(pooled, torch.tanh(model.head.pooler(expect)))
+    out = model(torch.randint(5, 100, (2, 5)), attention_mask=mask, labels=torch.tensor([0, 2]))
+    assert out.logits.shape == (2, 3) and out.loss.ndim == 0
+
+
+def test_regression_head_uses_mse():
+    model = M2BertForSequenceClassification(tiny(num_labels=1)).eval()
+    out = model(torch.randint(5, 100, (2, 6)), labels=torch.tensor([0.5, 4.0]))
+    torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(-1), torch.tensor([0.5, 4.0])))
+
+
+def test_param_groups_partition_and_rates():
+    model = M2BertForMaskedLM(tiny(long_conv_kernel_learning_rate=1e-3, hyena_wd=0.1, hyena_lr_pos_emb=1e-5))
+    groups = param_groups(model)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    default, filters, pos = groups
+    assert (filters["lr"], filters["weight_decay"]) == (1e-3, 0.1)
+    assert (pos["lr"], pos["weight_decay"]) == (1e-5, 0.0)
+    layer0 = model.bert.layers[0].sequence_mixer
+    filter_ids = {id(p) for p in filters["params"]}
+    assert id(layer0.long_conv.freq) in filter_ids and id(layer0.long_conv.mlp_rev[0].weight) in filter_ids
+    assert id(layer0.long_conv.bias) in {id(p) for p in default["params"]}
+
+
+def test_hf_round_trip(tmp_path):
+    config = tiny()
+    model = M2BertForMaskedLM(config).eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
+    ids = torch.randint(5, config.vocab_size, (2, 24))
+    mask = torch.ones_like(ids)
+    mask[1, 20:] = 0
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask).logits
+        for loaded in (M2BertForMaskedLM.from_pretrained(tmp_path), AutoModelForMaskedLM.from_pretrained(tmp_path)):
+            assert isinstance(loaded, M2BertForMaskedLM)
+            assert loaded.mlm_head.decoder.weight is loaded.bert.embeddings.word_embeddings.weight
+            torch.testing.assert_close(loaded.eval()(ids, attention_mask=mask).logits, ref, rtol=0, atol=0)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), M2BertConfig)
+    assert isinstance(AutoModel.from_pretrained(tmp_path), M2BertModel)
+    clf = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=2)
+    assert isinstance(clf, M2BertForSequenceClassification)
+    torch.testing.assert_close(clf.bert.embeddings.word_embeddings.weight, model.bert.embeddings.word_embeddings.weight)
