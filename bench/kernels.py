@@ -38,7 +38,6 @@ def peak_bandwidth(device: torch.device) -> dict[str, Any]:
     y = torch.empty_like(x)
     ms = time_ms(lambda: y.copy_(x), warmup=3, repeats=10)
     copy_gbps = 2 * x.numel() * 4 / (ms * 1e-3) / 1e9
-    del x, y
     return {"device": name, "peak_gbps_spec": table, "copy_gbps_measured": round(copy_gbps, 1),
             "peak_gbps": table if table is not None else round(copy_gbps, 1)}
 

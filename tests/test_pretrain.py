@@ -14,7 +14,6 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
-from omegaconf.errors import ConfigKeyError, ValidationError
 from safetensors.torch import load_file
 
 from m2bert.pretrain import run
@@ -83,7 +82,6 @@ def test_unknown_model_field_fails_before_training(sample_mds, tmp_path):
 
 def test_missing_data_path_fails_fast(sample_mds, tmp_path):
     cfg = compose_cfg(tiny_overrides(sample_mds, tmp_path, "x") + [f"data.local={tmp_path / 'no-such-shards'}"])
-    t0 = time.perf_counter()
     with pytest.raises(FileNotFoundError, match="no-such-shards"):
         run(cfg)
     assert not (tmp_path / "x").exists()  # nothing was built or written

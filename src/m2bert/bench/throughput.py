@@ -63,6 +63,12 @@ def time_forward(fn: Callable[[], Any], device: str, warmup: int, repeats: int) 
     return sorted(times)[len(times) // 2]
 
 
+def time_model(model: torch.nn.Module, batch: int, length: int, device: str, warmup: int, repeats: int) -> float:
+    ids = torch.randint(1000, 30000, (batch, length), device=device)
+    mask = torch.ones_like(ids)
+    return time_forward(lambda: model(input_ids=ids, attention_mask=mask), device, warmup, repeats)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -90,17 +96,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             b_m2 = b_bert = cpu_batch(length, args.tokens)
         row: dict[str, Any] = {"m2_batch": b_m2, "bert_batch": b_bert}
-        for name, build, batch in (
-            ("m2", lambda: build_m2(args.preset, length, device, dtype, args.long_conv_impl, args.kernels), b_m2),
-            ("bert", lambda: build_bert(length, device, dtype, args.attn), b_bert),
-        ):
-            model = build()
-            ids = torch.randint(1000, 30000, (batch, length), device=device)
-            mask = torch.ones_like(ids)
-            secs = time_forward(lambda: model(input_ids=ids, attention_mask=mask), device, args.warmup, args.repeats)
+        models = {
+            "m2": lambda: build_m2(args.preset, length, device, dtype, args.long_conv_impl, args.kernels),
+            "bert": lambda: build_bert(length, device, dtype, args.attn),
+        }
+        for name, batch in (("m2", b_m2), ("bert", b_bert)):
+            secs = time_model(models[name](), batch, length, device, args.warmup, args.repeats)
             row[f"{name}_tok_per_ms"] = round(batch * length / (secs * 1e3), 3)
             row[f"{name}_ms_per_batch"] = round(secs * 1e3, 2)
-            del model
         row["ratio"] = round(row["m2_tok_per_ms"] / row["bert_tok_per_ms"], 3)
         results["lengths"][str(length)] = row
         log.info("L=%d %s", length, row)

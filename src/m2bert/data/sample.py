@@ -27,15 +27,15 @@ import logging
 import os
 import random
 import re
-import shutil
 import sys
 import sysconfig
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from m2bert.atomic import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -352,9 +352,7 @@ def make_sample(out_dir: str | os.PathLike[str], *, target_words: int = TARGET_W
     train_docs = [d for d in docs if not _is_dev(d.module)]
     val_docs = [d for d in docs if _is_dev(d.module)]
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         files: dict[str, str] = {}
         for name, subset in (("train", train_docs), ("validation", val_docs)):
             lines = [json.dumps({"text": d.text, "timestamp": TIMESTAMP, "url": _url(d)}, ensure_ascii=False,
@@ -382,12 +380,6 @@ def make_sample(out_dir: str | os.PathLike[str], *, target_words: int = TARGET_W
             "files": {rel: hashlib.sha256(text.encode()).hexdigest() for rel, text in sorted(files.items())},
         }
         _write_text(tmp / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info("sample: %d words in %d documents → %s", total, len(docs), out)
     return manifest
 

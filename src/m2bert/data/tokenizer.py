@@ -11,12 +11,12 @@ import gzip
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase
+
+from m2bert.atomic import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +118,7 @@ def train_wordpiece(
     vocab = vocab[:vocab_size]
 
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         (tmp / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
         fast = BertTokenizerFast(vocab_file=str(tmp / "vocab.txt"), do_lower_case=True)
         fast.save_pretrained(str(tmp))
@@ -128,12 +126,6 @@ def train_wordpiece(
             got = fast.convert_tokens_to_ids(token)
             if got != want:  # pragma: no cover - guards the construction above
                 raise AssertionError(f"{token} got id {got}, expected {want}")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info("trained WordPiece tokenizer: %d tokens → %s", len(vocab), out)
     return out
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
+from m2bert.atomic import atomic_directory, atomic_write_json  # noqa: F401  (re-exported)
 from m2bert.config import M2BertConfig
 from m2bert.model.param_groups import param_groups
 
@@ -124,28 +125,9 @@ def build_loggers(cfg: DictConfig, run_name: str) -> list[Any]:
 
 
 def atomic_save_pretrained(model: nn.Module, tokenizer: Any, out_dir: str) -> str:
-    """save_pretrained into a temporary sibling folder, then rename: never a half-written export."""
-    import shutil
-    import tempfile
-
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    """save_pretrained (config + safetensors + tokenizer), never leaving a half-written export."""
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
     return out_dir
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-    import json
-    import tempfile
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
