@@ -120,3 +120,16 @@ def test_hf_round_trip(tmp_path):
     clf = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=2)
     assert isinstance(clf, M2BertForSequenceClassification)
     torch.testing.assert_close(clf.bert.embeddings.word_embeddings.weight, model.bert.embeddings.word_embeddings.weight)
+
+
+def test_inference_filter_cache_follows_weight_changes():
+    """In inference the filter spectra are cached; any weight update must invalidate them."""
+    model = M2BertModel(tiny()).eval()
+    ids = torch.randint(5, 100, (2, 20))
+    with torch.no_grad():
+        before = model(ids).last_hidden_state
+        model.layers[0].sequence_mixer.long_conv.mlp_fwd[0].weight.add_(0.5)
+        after = model(ids).last_hidden_state
+    fresh = model(ids).last_hidden_state  # grad enabled: no cache involved
+    assert (before - after).abs().max() > 1e-4
+    torch.testing.assert_close(after, fresh.detach())

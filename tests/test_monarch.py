@@ -58,3 +58,12 @@ def test_monarch_glu_equals_composition(training):
     torch.manual_seed(1)
     ours = monarch_glu(x, w_in, w_out, b, dropout=0.0, training=training)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_inference_glu_path_equals_training_path():
+    h, i = 16, 32
+    w_in, w_out, b = torch.randn(4, 2 * i // 4, h // 4), torch.randn(4, h // 4, i // 4), torch.randn(h)
+    x = torch.randn(3, 7, h)
+    with torch.no_grad():
+        fast = monarch_glu(x, w_in, w_out, b)
+    torch.testing.assert_close(fast, monarch_glu(x, w_in, w_out, b).detach(), rtol=1e-5, atol=1e-5)

@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn as nn
 
+from m2bert.model.long_conv import conv_spectrum
+
 
 def positional_features(seq_len: int, emb_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Features z (L, emb_dim) = [t, cos bands, -sin bands] and normalised time t (L, 1)."""
@@ -60,6 +62,7 @@ class ImplicitFilter(nn.Module):
         self.bias = nn.Parameter(torch.randn(channels))
         self.mlp_fwd = self._mlp(emb_dim, order, channels, num_inner_mlps)
         self.mlp_rev = self._mlp(emb_dim, order, channels, num_inner_mlps) if bidirectional else None
+        self._cache: tuple[tuple, torch.Tensor] | None = None
 
     @staticmethod
     def _mlp(emb_dim: int, order: int, channels: int, num_inner: int) -> nn.ModuleList:
@@ -83,3 +86,16 @@ class ImplicitFilter(nn.Module):
             )
         k_rev = self._generate(self.mlp_rev, seq_len) if self.mlp_rev is not None else None
         return self._generate(self.mlp_fwd, seq_len), k_rev
+
+    def spectrum(self, seq_len: int, impl: str) -> torch.Tensor:
+        """The filters as the long convolution applies them (see ``long_conv.conv_spectrum``).
+
+        When no gradient is needed (inference), the result depends on the weights alone, so it
+        is cached until a weight changes (tracked by the parameters' version counters).
+        """
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return conv_spectrum(*self(seq_len), seq_len, impl)
+        key = (seq_len, impl, self.z.device, self.z.dtype, tuple(p._version for p in self.parameters()))
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, conv_spectrum(*self(seq_len), seq_len, impl))
+        return self._cache[1]

@@ -7,7 +7,7 @@ import torch.nn as nn
 from m2bert.config import M2BertConfig
 from m2bert.kernels import dispatch as kernels
 from m2bert.model.implicit_filter import ImplicitFilter
-from m2bert.model.long_conv import long_conv
+from m2bert.model.long_conv import apply_long_conv
 
 
 class _CausalShortConv(torch.autograd.Function):
@@ -104,10 +104,9 @@ class MonarchSequenceMixer(nn.Module):
         v = v * x1
         if mask is not None:
             v = v.mul_(mask)
-        k_fwd, k_rev = self.long_conv(seqlen)
-        y = long_conv(v, k_fwd, k_rev, self.long_conv.bias, self.impl) * x2
+        y = apply_long_conv(v, self.long_conv.spectrum(seqlen, self.impl), self.long_conv.bias, self.impl) * x2
         if self.residual_long_conv is not None:
+            res = self.residual_long_conv
             u_in = u * mask if mask is not None else u
-            k_fwd, k_rev = self.residual_long_conv(seqlen)
-            y = y + long_conv(u_in, k_fwd, k_rev, self.residual_long_conv.bias, self.impl)
+            y = y + apply_long_conv(u_in, res.spectrum(seqlen, self.impl), res.bias, self.impl)
         return self.out_linear(y)
