@@ -56,3 +56,55 @@ class ComposerMLM(ComposerModel):
 
     def update_metric(self, batch: Any, outputs: dict[str, torch.Tensor], metric: Metric) -> None:
         metric.update(outputs["logits"].float(), outputs["targets"])
+
+
+class ComposerClassifier(ComposerModel):
+    """Sequence classification (cross-entropy) or regression (MSE, ``num_labels == 1``) for GLUE.
+
+    Wraps an M2BertForSequenceClassification (or any HF model returning ``.logits``). Training
+    metrics are cheap running ones; the GLUE metrics are computed over the full dev sets from
+    ``predictions`` by the fine-tuning driver, exactly as GLUE defines them.
+    """
+
+    def __init__(self, model: nn.Module, num_labels: int) -> None:
+        super().__init__()
+        from torchmetrics import MeanSquaredError
+        from torchmetrics.classification import MulticlassAccuracy
+
+        self.model = model
+        self.num_labels = num_labels
+        self.is_regression = num_labels == 1
+
+        def fresh() -> dict[str, Metric]:
+            if self.is_regression:
+                return {"MeanSquaredError": MeanSquaredError()}
+            return {"MulticlassAccuracy": MulticlassAccuracy(num_classes=num_labels, average="micro")}
+
+        self.train_metrics = fresh()
+        self.eval_metrics = fresh()
+        n_params = sum(p.numel() for p in model.parameters())
+        self.flops_per_batch = lambda batch: 6 * n_params * batch["input_ids"].numel()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(
+            batch["input_ids"], attention_mask=batch.get("attention_mask"), token_type_ids=batch.get("token_type_ids")
+        ).logits
+
+    def loss(self, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
+        if self.is_regression:
+            return F.mse_loss(outputs.squeeze(-1).float(), batch["labels"].float())
+        return F.cross_entropy(outputs.float(), batch["labels"].long())
+
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class ids, or the regression score."""
+        return logits.squeeze(-1).float() if self.is_regression else logits.argmax(dim=-1)
+
+    def eval_forward(self, batch: Any, outputs: Any | None = None) -> torch.Tensor:
+        return outputs if outputs is not None else self.forward(batch)
+
+    def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
+        return self.train_metrics if is_train else self.eval_metrics
+
+    def update_metric(self, batch: Any, outputs: torch.Tensor, metric: Metric) -> None:
+        labels = batch["labels"]
+        metric.update(self.predictions(outputs), labels.float() if self.is_regression else labels.long())

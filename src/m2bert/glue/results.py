@@ -1,0 +1,262 @@
+"""Aggregating GLUE jobs: per-task mean/median over seeds, the GLUE average, results.json/.csv, the
+Markdown table beside the published row, a bar chart, and the Hydra sweep report.
+
+Scores follow the original driver (HazyResearch/m2 and MosaicML examples ``glue.py``): a task's score
+is the mean, ×100, of all its metric values over seeds and eval splits — i.e. the mean over seeds of
+the task's metric average: MNLI = mean(acc m, acc mm), QQP = mean(acc, F1), MRPC = mean(F1, acc),
+STS-B = mean(Pearson, Spearman), CoLA = Matthews, others accuracy. The GLUE average is the mean of the
+task scores over the paper's 8 tasks that were run (WNLI and the sample tasks are reported apart).
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import logging
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from m2bert.train.builders import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+# The paper's table: its columns, in its order; (our task, published key, header).
+PAPER_COLUMNS = [("mnli", "mnli", "MNLI (m/mm)"), ("rte", "rte", "RTE"), ("qnli", "qnli", "QNLI"),
+                 ("qqp", "qqp", "QQP"), ("sst2", "sst2", "SST-2"), ("stsb", "stsb", "STS-B"),
+                 ("cola", "cola", "CoLA"), ("mrpc", "mrpc", "MRPC")]
+GLUE_AVERAGE_TASKS = tuple(c[0] for c in PAPER_COLUMNS)
+DEFAULT_PUBLISHED = Path(__file__).resolve().parents[3].parent / "shared" / "reference" / "published.json"
+
+
+def job_score(metrics: dict[str, dict[str, float]]) -> float:
+    """A job's metric average ×100 over all eval splits and metrics (the original's per-task value)."""
+    values = [v for ms in metrics.values() for v in ms.values()]
+    return 100.0 * sum(values) / len(values)
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "median": statistics.median(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def aggregate(jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-task statistics over seeds (each metric ×100, and the task score) and the GLUE average."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for j in jobs:
+        by_task.setdefault(j["task"], []).append(j)
+    tasks: dict[str, Any] = {}
+    for task, js in by_task.items():
+        keys = [(split, m) for split, ms in js[0]["metrics"].items() for m in ms]
+        metric_stats = {}
+        for split, m in keys:
+            name = m if len(js[0]["metrics"]) == 1 else f"{split}/{m}"
+            metric_stats[name] = _stats([100.0 * j["metrics"][split][m] for j in js])
+        tasks[task] = {"seeds": [j["seed"] for j in js], "metrics": metric_stats,
+                       "score": _stats([job_score(j["metrics"]) for j in js])}
+    in_avg = [t for t in GLUE_AVERAGE_TASKS if t in tasks]
+    glue = statistics.fmean(tasks[t]["score"]["mean"] for t in in_avg) if in_avg else None
+    return {"tasks": tasks, "glue_average": glue, "glue_average_tasks": in_avg}
+
+
+def load_published(path: str | os.PathLike[str] | None, model_size: str) -> dict[str, float] | None:
+    """The published GLUE dev row for a model size, read at run time (None when unavailable)."""
+    p = Path(path) if path else DEFAULT_PUBLISHED
+    if not p.is_file():
+        log.info("published numbers not found at %s; tables will have no published row", p)
+        return None
+    with open(p) as f:
+        return json.load(f).get("glue_dev", {}).get(model_size)
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1f}"
+
+
+def _mnli_cell(agg: dict[str, Any]) -> str:
+    t = agg["tasks"].get("mnli")
+    if t is None:
+        return "–"
+    m = t["metrics"].get("validation_matched/accuracy", {}).get("mean")
+    mm = t["metrics"].get("validation_mismatched/accuracy", {}).get("mean")
+    return f"{_fmt(m)} / {_fmt(mm)}"
+
+
+def _row_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * (len(header) - 1)) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def markdown_table(agg: dict[str, Any], published: dict[str, float] | None, label: str, model_size: str) -> str:
+    """The paper's GLUE table (this run's row, then the published row), a row for tasks outside the paper's
+    eight (WNLI, the sample tasks) if any ran, then per-task detail (every metric, mean/median/std over seeds)."""
+    blocks: list[str] = []
+    if any(t in agg["tasks"] for t in GLUE_AVERAGE_TASKS):
+        header = ["Model"] + [c[2] for c in PAPER_COLUMNS] + ["GLUE avg"]
+        ours = [label]
+        for task, _, _ in PAPER_COLUMNS:
+            t = agg["tasks"].get(task)
+            ours.append(_mnli_cell(agg) if task == "mnli" else (_fmt(t["score"]["mean"]) if t else "–"))
+        rows = [ours + [_fmt(agg["glue_average"])]]
+        if published:
+            pub = [f"{model_size} (published)"]
+            for task, key, _ in PAPER_COLUMNS:
+                if task == "mnli" and "mnli_m" in published:
+                    pub.append(f"{_fmt(published.get('mnli_m'))} / {_fmt(published.get('mnli_mm'))}")
+                else:
+                    pub.append(_fmt(published.get(key)))
+            rows.append(pub + [_fmt(published.get("average"))])
+        text = "\n".join(_row_table(header, rows))
+        missing = [c[2] for c in PAPER_COLUMNS if c[0] not in agg["tasks"]]
+        if missing:
+            text += (f"\n\nNot run: {', '.join(missing)}; the GLUE average is over the "
+                     f"{len(agg['glue_average_tasks'])} tasks run.")
+        blocks.append(text)
+    other = [t for t in agg["tasks"] if t not in GLUE_AVERAGE_TASKS]
+    if other:
+        rows = [[label] + [_fmt(agg["tasks"][t]["score"]["mean"]) for t in other]]
+        blocks.append("Tasks outside the paper's GLUE average:\n\n" + "\n".join(_row_table(["Model"] + other, rows)))
+    detail = ["| Task | Seeds | Metric | Mean | Median | Std |", "|---|---|---|---:|---:|---:|"]
+    for task, t in agg["tasks"].items():
+        seeds = ",".join(str(s) for s in t["seeds"])
+        for name, st in list(t["metrics"].items()) + [("score (metric average)", t["score"])]:
+            detail.append(f"| {task} | {seeds} | {name} | {st['mean']:.2f} | {st['median']:.2f} | {st['std']:.2f} |")
+    blocks.append("\n".join(detail))
+    return "\n\n".join(blocks) + "\n"
+
+
+def write_csv(path: str, jobs: list[dict[str, Any]], agg: dict[str, Any]) -> None:
+    """Long format: one row per job metric (level=job), then per-task statistics, then the GLUE average."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["level", "task", "seed", "metric", "value", "mean", "median", "std", "n", "time_s"])
+        for j in jobs:
+            for split, ms in j["metrics"].items():
+                for m, v in ms.items():
+                    name = m if len(j["metrics"]) == 1 else f"{split}/{m}"
+                    w.writerow(["job", j["task"], j["seed"], name, f"{100 * v:.4f}", "", "", "", "", j.get("time_s", "")])
+            w.writerow(["job", j["task"], j["seed"], "score", f"{job_score(j['metrics']):.4f}", "", "", "", "", j.get("time_s", "")])
+        for task, t in agg["tasks"].items():
+            for name, st in list(t["metrics"].items()) + [("score", t["score"])]:
+                w.writerow(["task", task, "", name, "", f"{st['mean']:.4f}", f"{st['median']:.4f}", f"{st['std']:.4f}", st["n"], ""])
+        if agg["glue_average"] is not None:
+            w.writerow(["glue", "average", "", "score", "", f"{agg['glue_average']:.4f}", "", "", len(agg["glue_average_tasks"]), ""])
+
+
+def bar_chart(path: str, agg: dict[str, Any], published: dict[str, float] | None, label: str) -> str:
+    """Bars per task: this run's score (mean, error bar = std over seeds) beside the published value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(agg["tasks"])
+    ours = [agg["tasks"][t]["score"]["mean"] for t in tasks]
+    err = [agg["tasks"][t]["score"]["std"] for t in tasks]
+    pub = [(published or {}).get(t) for t in tasks]
+    if agg["glue_average"] is not None:
+        tasks, ours, err = tasks + ["GLUE avg"], ours + [agg["glue_average"]], err + [0.0]
+        pub = pub + [(published or {}).get("average")]
+    x = range(len(tasks))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(tasks)), 4.0))
+    w = 0.38
+    ax.bar([i - w / 2 for i in x], ours, w, yerr=err, capsize=3, label=label)
+    if any(p is not None for p in pub):
+        ax.bar([i + w / 2 for i in x], [p or 0.0 for p in pub], w, label="published", color="#bbbbbb", hatch="//")
+    names = {task: header.split(" ")[0] for task, _, header in PAPER_COLUMNS} | {"wnli": "WNLI"}
+    ax.set_xticks(list(x), [names.get(t, t) for t in tasks], rotation=30, ha="right")
+    ax.set_ylabel("score (metric average ×100)")
+    ax.set_title("GLUE dev")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_results(run_dir: str, jobs: list[dict[str, Any]], model_size: str, label: str,
+                  published_path: str | None = None, plot: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """results.json, results.csv, results.md (+ glue.png); returns the results dict with the table and paths."""
+    agg = aggregate(jobs)
+    published = load_published(published_path, model_size)
+    table = markdown_table(agg, published, label, model_size)
+    paths = {"json": os.path.join(run_dir, "results.json"), "csv": os.path.join(run_dir, "results.csv"),
+             "markdown": os.path.join(run_dir, "results.md")}
+    os.makedirs(run_dir, exist_ok=True)
+    if plot:
+        paths["chart"] = bar_chart(os.path.join(run_dir, "glue.png"), agg, published, label)
+    results = {**(extra or {}), "model_size": model_size, "label": label, "jobs": jobs, **agg,
+               "published": published, "table": table, "paths": paths}
+    write_csv(paths["csv"], jobs, agg)
+    Path(paths["markdown"]).write_text(f"# GLUE dev results: {label}\n\n{table}")
+    atomic_write_json(paths["json"], results)
+    return results
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+def _varying(settings: list[list[str]]) -> list[list[str]]:
+    """Only the overrides whose value differs between sweep jobs (the swept ones)."""
+    parsed = [dict(o.split("=", 1) if "=" in o else (o, "") for o in s) for s in settings]
+    keys = sorted({k for p in parsed for k in p})
+    vary = [k for k in keys if len({p.get(k) for p in parsed}) > 1] or keys
+    return [[f"{k}={p[k]}" for k in vary if k in p] for p in parsed]
+
+
+def sweep_report(sweep_dir: str) -> dict[str, Any] | None:
+    """Read every job's results.json under a multirun dir; one row per (setting, task) with the task
+    score's mean ± std over seeds; the best setting per task is marked. Writes sweep_report.{md,json,csv}."""
+    files = sorted(glob.glob(os.path.join(sweep_dir, "*", "results.json")),
+                   key=lambda p: (len(p), p))
+    runs = []
+    for f in files:
+        with open(f) as fh:
+            r = json.load(fh)
+        runs.append({"dir": os.path.dirname(f), "overrides": r.get("overrides", []), "tasks": r["tasks"]})
+    if not runs:
+        log.warning("sweep report: no results.json under %s", sweep_dir)
+        return None
+    labels = _varying([r["overrides"] for r in runs])
+    rows = []
+    for r, lab in zip(runs, labels):
+        for task, t in r["tasks"].items():
+            rows.append({"setting": " ".join(lab) or "(defaults)", "task": task, "seeds": len(t["seeds"]),
+                         "mean": t["score"]["mean"], "std": t["score"]["std"], "dir": r["dir"],
+                         "metrics": {k: v["mean"] for k, v in t["metrics"].items()}, "best": False})
+    for task in {row["task"] for row in rows}:
+        best = max((row for row in rows if row["task"] == task), key=lambda row: row["mean"])
+        best["best"] = True
+    rows.sort(key=lambda row: (row["task"], -row["mean"]))
+    lines = ["| Task | Setting | Seeds | Score (mean ± std) | Metrics (mean) | Best |", "|---|---|---:|---:|---|:---:|"]
+    for row in rows:
+        ms = ", ".join(f"{k} {v:.2f}" for k, v in row["metrics"].items())
+        lines.append(f"| {row['task']} | {row['setting']} | {row['seeds']} | {row['mean']:.2f} ± {row['std']:.2f} | {ms} | "
+                     f"{'**best**' if row['best'] else ''} |")
+    table = "\n".join(lines) + "\n"
+    paths = {"markdown": os.path.join(sweep_dir, "sweep_report.md"), "json": os.path.join(sweep_dir, "sweep_report.json"),
+             "csv": os.path.join(sweep_dir, "sweep_report.csv")}
+    Path(paths["markdown"]).write_text(f"# GLUE sweep report\n\n{sweep_dir}\n\n{table}")
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["task", "setting", "seeds", "mean", "std", "best", "dir"])
+        for row in rows:
+            w.writerow([row["task"], row["setting"], row["seeds"], f"{row['mean']:.4f}", f"{row['std']:.4f}",
+                        int(row["best"]), row["dir"]])
+    report = {"sweep_dir": sweep_dir, "rows": rows, "table": table, "paths": paths}
+    atomic_write_json(paths["json"], report)
+    return report
+
+
+class SweepReportCallback(Callback):
+    """Hydra callback: after a multirun, aggregate the jobs' results into the sweep report."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        report = sweep_report(str(config.hydra.sweep.dir))
+        if report:
+            log.info("sweep report (%s):\n%s", report["paths"]["markdown"], report["table"])
+            print(report["table"])  # the CLI's final output, like the results table of a single run

@@ -1,0 +1,127 @@
+"""Structured schema of ``yamls/glue.yaml``: Hydra merges the YAML onto it in struct mode, so a misspelled
+key (``glue.rte.lrr``), an unknown task section or a wrongly typed value stops the run at start-up.
+
+Task sections are keyed by our task name with ``-`` replaced by ``_`` (``glue.sample_pair``), because a
+dataclass field cannot hold a dash; ``tasks=[sample-pair]`` and ``tasks=[sample_pair]`` both work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+START_KINDS = ("hf", "composer", "original")
+START_FROM = ("pretrained", "mnli")  # "mnli": the chain source task's first seed (chain.source_task)
+POOLINGS = ("cls", "mean")
+OPTIMIZERS = ("decoupled_adamw", "adamw")
+
+
+@dataclass
+class TaskSettings:
+    """One task's fine-tuning recipe. ``num_labels`` comes from the task table (m2bert.data.glue)."""
+
+    seeds: list[int] = field(default_factory=lambda: [19])
+    lr: float = 5e-5
+    weight_decay: float = 5e-6
+    optimizer: str = "decoupled_adamw"  # decoupled_adamw | adamw
+    epochs: int = 3
+    max_duration: Optional[str] = None  # a Composer time string ("10ba", "2ep"); overrides epochs
+    batch_size: int = 32
+    pooling: str = "cls"  # cls | mean (the original's pool_all)
+    start_from: str = "pretrained"  # pretrained | mnli
+    train_subset: Optional[int] = None  # first N rows of a fixed shuffle of train; overrides the global one
+
+
+@dataclass
+class OptimizerShared:
+    """Settings shared by every task's optimizer (the original's, fixed across tasks)."""
+
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+
+
+@dataclass
+class SchedulerShared:
+    t_warmup: str = "0.06dur"
+    alpha_f: float = 0.0  # decay to 0
+
+
+@dataclass
+class GlueRecipe:
+    """A model size's recipe (the ``glue/`` group): published row to compare with, and per-task settings."""
+
+    model_size: str = MISSING  # key of published.json's glue_dev, e.g. m2-bert-base-80m
+    optimizer: OptimizerShared = field(default_factory=OptimizerShared)
+    scheduler: SchedulerShared = field(default_factory=SchedulerShared)
+    mnli: Optional[TaskSettings] = None
+    qnli: Optional[TaskSettings] = None
+    qqp: Optional[TaskSettings] = None
+    rte: Optional[TaskSettings] = None
+    sst2: Optional[TaskSettings] = None
+    mrpc: Optional[TaskSettings] = None
+    stsb: Optional[TaskSettings] = None
+    cola: Optional[TaskSettings] = None
+    wnli: Optional[TaskSettings] = None
+    sample_ss: Optional[TaskSettings] = None
+    sample_pair: Optional[TaskSettings] = None
+
+
+@dataclass
+class StartConfig:
+    """The starting checkpoint. ``config``/``tokenizer`` default to what sits beside it (see glue.start)."""
+
+    kind: str = "hf"  # hf | composer | original
+    path: str = MISSING
+    config: Optional[str] = None  # HF dir / config.json; for original: a JSON or a .pt holding io['config']
+    tokenizer: Optional[str] = None  # tokenizer dir, vocab.txt or hub id
+
+
+@dataclass
+class DataConfig:
+    source: str = "hf"  # "hf" (the hub) or a folder with <TASK>/train.tsv, dev.tsv…
+    max_seq_len: int = 128
+    # true: every row padded to max_seq_len, as the original (its outputs depend on padding). false: pad
+    # to each batch's longest row (faster; only for padding-invariant models, i.e. ours, not original ones)
+    pad_to_max_length: bool = True
+
+
+@dataclass
+class ChainConfig:
+    """Round 2 (tasks with start_from: mnli) starts from the source task's first seed's final model."""
+
+    source_task: str = "mnli"
+    enabled: bool = True  # false: every task starts from the pretrained checkpoint
+    checkpoint: Optional[str] = None  # an existing fine-tuned source model (HF dir): skip running the source
+
+
+@dataclass
+class GlueConfig:
+    glue: GlueRecipe = field(default_factory=GlueRecipe)
+    start: StartConfig = field(default_factory=StartConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    chain: ChainConfig = field(default_factory=ChainConfig)
+    tasks: list[str] = field(default_factory=lambda: ["mnli", "qnli", "qqp", "rte", "sst2", "mrpc", "stsb", "cola"])
+    train_subset: Optional[int] = None  # rows per task (tests, demo); null = the full training set
+    eval_subset: Optional[int] = None  # rows per dev set; null = full dev sets (what GLUE reports)
+    max_duration: Optional[str] = None  # overrides every task's duration (tests, demo), e.g. "4ba"
+    run_root: str = "runs"
+    run_name: str = "glue"
+    run_dir: Optional[str] = None  # default <run_root>/<run_name>; a Hydra multirun job uses its own dir
+    device: str = "auto"  # auto | cpu | gpu
+    precision: str = "auto"  # amp_bf16 on GPU, fp32 on CPU
+    gpus: Optional[list[int]] = None  # GPU ids for the job queue; null = all visible GPUs
+    execution: str = "auto"  # auto (the GPU queue when >1 GPU id, else serial) | serial | queue
+    device_eval_batch_size: int = 128
+    device_train_microbatch_size: Optional[int] = None  # null = the task's batch size
+    grad_clip_norm: float = 0.0  # the original's GLUE jobs do not clip
+    save_final: str = "chain"  # chain (only the chain source's first seed) | all | none
+    console_log_interval: str = "50ba"
+    published: Optional[str] = None  # published.json; default ../shared/reference/published.json if present
+    plot: bool = True
+    kernels: str = "auto"  # speed-only (as impl.kernels in pretraining)
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="glue_schema", node=GlueConfig)

@@ -1,0 +1,214 @@
+"""Starting checkpoints for fine-tuning: resolve, validate and load them before any training starts.
+
+Three kinds, each ending as an M2BertForSequenceClassification whose encoder (and, where present,
+pooler) comes from the checkpoint and whose classifier layer is fresh:
+
+* ``hf``: a Hugging Face directory of ours (``save_pretrained``; an MLM export of m2bert-pretrain or
+  a fine-tuned classifier such as the chain's MNLI model). Tokenizer: the directory's own.
+* ``composer``: a Composer checkpoint of ours (a ``.pt`` file or its folder, newest ``*.pt``). The model
+  config and tokenizer come from ``start.config``/``start.tokenizer`` or the pretraining run's ``hf/``
+  export beside the checkpoint folder (``<run>/checkpoints/x.pt`` → ``<run>/hf``).
+* ``original``: an original M2-BERT (HazyResearch/m2) checkpoint plus its config dict
+  (``start.config``: a JSON file, or a ``.pt`` holding ``{'config': ...}``); tokenizer from
+  ``start.tokenizer`` (the original used bert-base-uncased).
+
+The classifier layer is always re-initialised (its label count differs between tasks); the pooler is
+kept, as the original does when it loads the MNLI checkpoint for RTE, MRPC and STS-B
+(Composer ``load_ignore_keys`` on the classifier only).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from m2bert.config import M2BertConfig
+from m2bert.train.builders import ConfigError
+
+log = logging.getLogger(__name__)
+
+_DROP_PREFIXES = ("head.classifier.", "mlm_head.")
+
+
+@dataclass
+class Start:
+    """A validated starting point: where it is, its model config, its tokenizer and its weights."""
+
+    kind: str
+    path: str
+    config: M2BertConfig
+    tokenizer: str
+    state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+
+    def spec(self) -> dict[str, Any]:
+        """What a worker process needs to resolve the same start again."""
+        return {"kind": self.kind, "path": self.path, "config": None, "tokenizer": self.tokenizer,
+                "_config_dict": self.config.to_dict()}
+
+
+def _hf_config(path: str) -> M2BertConfig:
+    cfg_file = path if path.endswith(".json") else os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_file):
+        raise ConfigError(f"start: no model config at {cfg_file}")
+    with open(cfg_file) as f:
+        d = json.load(f)
+    if d.get("model_type") != M2BertConfig.model_type:
+        raise ConfigError(f"start: {cfg_file} is a {d.get('model_type')!r} config, not an M2-BERT ({M2BertConfig.model_type})")
+    return M2BertConfig.from_dict(d)
+
+
+def _has_tokenizer(path: str) -> bool:
+    return os.path.isdir(path) and any(
+        os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"))
+
+
+def _hf_state(path: str) -> dict[str, torch.Tensor]:
+    st = os.path.join(path, "model.safetensors")
+    if os.path.isfile(st):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(st)
+        except Exception as e:  # noqa: BLE001 - re-raised with the file named
+            raise ConfigError(f"start: cannot read {st}: {type(e).__name__}: {e}") from e
+    binf = os.path.join(path, "pytorch_model.bin")
+    if os.path.isfile(binf):
+        try:
+            return torch.load(binf, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"start: cannot read {binf}: {type(e).__name__}: {e}") from e
+    raise ConfigError(f"start: {path} holds no model.safetensors or pytorch_model.bin")
+
+
+def _composer_file(path: str) -> str:
+    if os.path.isdir(path):
+        latest = os.path.join(path, "latest-rank0.pt")
+        if os.path.exists(latest):
+            return os.path.realpath(latest)
+        files = sorted(glob.glob(os.path.join(path, "*.pt")), key=os.path.getmtime)
+        if not files:
+            raise ConfigError(f"start: composer checkpoint folder {path} holds no *.pt file")
+        return files[-1]
+    if not os.path.isfile(path):
+        raise ConfigError(f"start: composer checkpoint {path} does not exist")
+    return path
+
+
+def _composer_state(path: str) -> dict[str, torch.Tensor]:
+    try:
+        # Our own Composer checkpoints pickle training state (RNG, timestamps) besides tensors, so a
+        # weights-only load cannot read them: only load checkpoints you made or trust.
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        model_state = ckpt["state"]["model"]
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"start: cannot read {path} as a Composer checkpoint: {type(e).__name__}: {e}") from e
+    # ComposerMLM / ComposerClassifier keep the HF model under "model."; other keys are aliases.
+    state = {k[len("model."):]: v for k, v in model_state.items() if k.startswith("model.")}
+    if not state:
+        raise ConfigError(f"start: {path} has no model.* weights (is it an m2bert Composer checkpoint?)")
+    return state
+
+
+def _original_config(path: str | None) -> dict[str, Any]:
+    if not path:
+        raise ConfigError("start.kind=original needs start.config: the original config dict as JSON, "
+                          "or a .pt file holding {'config': {...}}")
+    if not os.path.isfile(path):
+        raise ConfigError(f"start.config={path} does not exist")
+    if path.endswith(".json"):
+        with open(path) as f:
+            d = json.load(f)
+    else:
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"start.config: cannot read {path}: {type(e).__name__}: {e}") from e
+    d = d.get("config", d) if isinstance(d, dict) else d
+    if not isinstance(d, dict):
+        raise ConfigError(f"start.config: {path} holds no config dict")
+    return d
+
+
+def resolve_start(kind: str, path: str, config: str | None = None, tokenizer: str | None = None,
+                  config_dict: dict[str, Any] | None = None) -> Start:
+    """Find and read everything a start needs; any problem is a ConfigError naming the file."""
+    if not path:
+        raise ConfigError("start.path is not set: give an HF directory, a Composer checkpoint or an original checkpoint")
+    path = os.path.expanduser(str(path))
+    if kind == "hf":
+        if not os.path.isdir(path):
+            raise ConfigError(f"start: Hugging Face directory {path} does not exist")
+        model_config = M2BertConfig.from_dict(config_dict) if config_dict else _hf_config(config or path)
+        tok = tokenizer or (path if _has_tokenizer(path) else None)
+        state = _hf_state(path)
+    elif kind == "composer":
+        path = _composer_file(path)
+        beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "hf")
+        if config_dict:
+            model_config = M2BertConfig.from_dict(config_dict)
+        elif config or os.path.isfile(os.path.join(beside, "config.json")):
+            model_config = _hf_config(config or beside)
+        else:
+            raise ConfigError(f"start: no model config for composer checkpoint {path}: set start.config "
+                              f"(an HF dir or config.json); looked for {beside}/config.json")
+        tok = tokenizer or (config if config and _has_tokenizer(config) else None) or (beside if _has_tokenizer(beside) else None)
+        state = _composer_state(path)
+    elif kind == "original":
+        from m2bert.model.original import original_to_ours, read_original_state_dict
+
+        if not os.path.isfile(path):
+            raise ConfigError(f"start: original checkpoint {path} does not exist")
+        model_config = M2BertConfig.from_dict(config_dict) if config_dict else M2BertConfig.from_original(_original_config(config))
+        tok = tokenizer or "bert-base-uncased"
+        try:
+            raw = read_original_state_dict(path)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"start: {e}") from e
+        state = {}
+        for k, v in raw.items():
+            try:
+                name = original_to_ours(k)
+            except KeyError as e:
+                raise ConfigError(f"start: {path} has a key the original layout does not know: {k}") from e
+            if name is not None:
+                state[name] = v
+    else:
+        raise ConfigError(f"start.kind={kind!r}; choose hf, composer or original")
+    if tok is None:
+        raise ConfigError(f"start: no tokenizer found beside {path}; set start.tokenizer")
+    encoder = [k for k in state if k.startswith("bert.")]
+    if not encoder:
+        raise ConfigError(f"start: {path} holds no encoder weights (bert.*)")
+    return Start(kind=kind, path=path, config=model_config, tokenizer=str(tok), state=state)
+
+
+def classifier_config(start: Start, num_labels: int, pooling: str, kernels: str | None = None) -> M2BertConfig:
+    d = start.config.to_dict()
+    for k in ("id2label", "label2id", "num_labels", "architectures"):
+        d.pop(k, None)
+    d.update(num_labels=num_labels, pooling=pooling)
+    if kernels is not None:
+        d["kernels"] = kernels
+    return M2BertConfig.from_dict(d)
+
+
+def load_classifier(start: Start, num_labels: int, pooling: str, kernels: str | None = None) -> torch.nn.Module:
+    """A fresh classifier with the start's encoder (and pooler if it has one); the classifier layer is new."""
+    from m2bert.model import M2BertForSequenceClassification
+
+    model = M2BertForSequenceClassification(classifier_config(start, num_labels, pooling, kernels))
+    state = {k: v for k, v in start.state.items() if not k.startswith(_DROP_PREFIXES)}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("head.")]
+    if missing or result.unexpected_keys:
+        raise ConfigError(f"start: {start.path} does not match the model config: missing {missing[:10]}, "
+                          f"unexpected {list(result.unexpected_keys)[:10]}")
+    kept_pooler = not any(k.startswith("head.pooler.") for k in result.missing_keys)
+    log.debug("loaded %s (%s): encoder%s from checkpoint, classifier fresh", start.path, start.kind,
+              " and pooler" if kept_pooler else "")
+    return model

@@ -1,0 +1,130 @@
+"""The GLUE driver end to end on CPU (acceptance 1, 4): a tiny model, ../shared's GLUE folders (train
+subsets, full dev sets), the MNLI-start chain with WNLI standing in for MNLI (absent here), results files
+and table; the three starting-checkpoint kinds; the job queue with two workers."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from m2bert import M2BertConfig, M2BertForMaskedLM
+from m2bert.glue.driver import run
+from m2bert.glue.schema import register
+from tests.conftest import shared_path
+
+register()
+
+DEV_ROWS = {"cola": 1043, "sst2": 872, "mrpc": 408, "stsb": 1500, "rte": 277, "wnli": 71}
+METRICS = {"cola": ["matthews_correlation"], "sst2": ["accuracy"], "mrpc": ["f1", "accuracy"],
+           "stsb": ["pearson", "spearmanr"], "rte": ["accuracy"], "wnli": ["accuracy"]}
+
+
+def compose_glue(overrides: list[str]):
+    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
+        return compose(config_name="glue", overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory) -> Path:
+    from m2bert.data.tokenizer import load_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny") / "hf"
+    tok = load_tokenizer(shared_path("data", "bert-base-uncased", "vocab.txt"))
+    torch.manual_seed(0)
+    M2BertForMaskedLM(M2BertConfig.from_preset("m2-bert-tiny", vocab_size=30528)).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_end_to_end_with_chain(tiny_hf, tmp_path):
+    """Five GLUE tasks + a stand-in MNLI; RTE, MRPC, STS-B start from the stand-in's final model."""
+    glue = shared_path("data", "glue")
+    cfg = compose_glue([
+        "glue=m2_bert_tiny", f"start.path={tiny_hf}", f"data.source={glue}", "tasks=[cola,sst2,mrpc,stsb,rte]",
+        "chain.source_task=wnli", "train_subset=64", "max_duration=3ba", "data.pad_to_max_length=false",
+        "glue.sst2.pooling=mean", "save_final=all", f"run_root={tmp_path}", "run_name=e2e", "console_log_interval=100ba",
+    ])
+    res = run(cfg)
+    run_dir = tmp_path / "e2e"
+    for f in ("results.json", "results.csv", "results.md", "glue.png"):
+        assert (run_dir / f).stat().st_size > 0, f
+    assert res["rounds"] == {"1": ["wnli", "cola", "sst2"], "2": ["mrpc", "stsb", "rte"]}
+    jobs = res["jobs"]
+    assert [(j["task"], j["seed"]) for j in jobs] == [("wnli", 19), ("cola", 19), ("sst2", 19), ("mrpc", 19),
+                                                      ("stsb", 19), ("rte", 19), ("rte", 8364)]
+    source = str(run_dir / "jobs" / "wnli-seed19" / "final")
+    for j in jobs:
+        assert list(j["metrics"]["validation"]) == METRICS[j["task"]]
+        assert j["eval_rows"] == {"validation": DEV_ROWS[j["task"]]}  # full dev sets
+        assert j["train_rows"] == 64 and j["batches"] == 3
+        assert j["start"]["path"] == (source if j["task"] in ("mrpc", "stsb", "rte") else str(tiny_hf))
+        for v in j["metrics"]["validation"].values():
+            assert -1.0 <= v <= 1.0
+    # pooling is a per-task setting: SST-2 ran with mean pooling, the rest with cls
+    for task, pooling in (("sst2", "mean"), ("cola", "cls"), ("rte", "cls")):
+        config = json.loads((run_dir / "jobs" / f"{task}-seed19" / "final" / "config.json").read_text())
+        assert config["pooling"] == pooling, task
+    # aggregation: RTE over its two seeds; GLUE average over the five GLUE tasks run (WNLI apart)
+    rte = [100 * j["metrics"]["validation"]["accuracy"] for j in jobs if j["task"] == "rte"]
+    assert res["tasks"]["rte"]["score"]["mean"] == pytest.approx(sum(rte) / 2)
+    assert res["glue_average_tasks"] == ["rte", "sst2", "stsb", "cola", "mrpc"]
+    assert res["glue_average"] == pytest.approx(sum(res["tasks"][t]["score"]["mean"] for t in res["glue_average_tasks"]) / 5)
+    table = (run_dir / "results.md").read_text()
+    assert "| Model | MNLI (m/mm) | RTE | QNLI | QQP | SST-2 | STS-B | CoLA | MRPC | GLUE avg |" in table
+    assert "| m2-bert-base-80m (published) | 78.4 / 78.6 | 68.5 |" in table  # read from ../shared at run time
+    ours = next(line for line in table.splitlines() if line.startswith("| ours"))
+    assert ours.endswith(f"{res['glue_average']:.1f} |") and ours.count("–") == 3  # MNLI, QNLI, QQP not run
+    rows = list(csv.DictReader(open(run_dir / "results.csv")))
+    assert {(r["task"], r["metric"]) for r in rows if r["level"] == "job"} >= {
+        ("mrpc", "f1"), ("mrpc", "accuracy"), ("stsb", "pearson"), ("stsb", "spearmanr"), ("cola", "matthews_correlation")}
+    assert [r for r in rows if r["level"] == "glue"][0]["n"] == "5"
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["tasks"]["rte"]["seeds"] == [19, 8364] and "median" in saved["tasks"]["rte"]["score"]
+
+
+def test_composer_start_through_the_job_queue(sample_mds, tmp_path):
+    """Start from our own Composer checkpoint (pretraining's); two workers share the queue (ids 0, 1 on CPU)."""
+    from m2bert.pretrain import run as pretrain
+
+    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
+        pcfg = compose(config_name="pretrain", overrides=[
+            "model=m2_bert_tiny", "data=sample", f"data.local={sample_mds['mds']}", f"data.tokenizer={sample_mds['tokenizer']}",
+            "global_train_batch_size=8", "impl.device_train_microbatch_size=8", "max_duration=2ba", "eval_interval=2ba",
+            "eval_subset_num_batches=1", "save_interval=2ba", f"run_root={tmp_path}", "run_name=pre"])
+    summary = pretrain(pcfg)
+    cfg = compose_glue([
+        "glue=m2_bert_tiny", "start.kind=composer", f"start.path={summary['checkpoints']}",
+        f"data.source={sample_mds['raw'] / 'glue'}", "tasks=[sample-ss,sample-pair]",
+        "train_subset=32", "eval_subset=64", "max_duration=2ba", "device=cpu", "gpus=[0,1]", "execution=queue",
+        f"run_root={tmp_path}", "run_name=queue",
+    ])
+    res = run(cfg)
+    assert [(j["task"], j["seed"]) for j in res["jobs"]] == [("sample-ss", 19), ("sample-pair", 19)]
+    assert all(j["start"]["kind"] == "composer" and j["start"]["path"].endswith(".pt") for j in res["jobs"])
+    assert all((tmp_path / "queue" / "jobs" / n / "log.txt").exists() for n in ("sample-ss-seed19", "sample-pair-seed19"))
+    assert set(res["tasks"]["sample-pair"]["metrics"]) == {"f1", "accuracy"}
+    assert res["glue_average"] is None and "| ours (ep0-ba2-rank0.pt, composer) | " in res["table"]
+    assert "MNLI (m/mm)" not in res["table"]  # no paper task ran: only the other-tasks table
+
+
+def test_original_checkpoint_end_to_end(sample_mds, tmp_path):
+    """An original M2-BERT checkpoint (the golden tiny one: vocab 1024, length 64) with a 1024-token tokenizer."""
+    import glob
+
+    from m2bert.data.tokenizer import train_wordpiece
+
+    tok = train_wordpiece(sorted(glob.glob(str(sample_mds["raw"] / "c4" / "en" / "*.json"))), tmp_path / "tok1024", 1024)
+    cfg = compose_glue([
+        "glue=m2_bert_tiny", "start.kind=original", f"start.path={shared_path('golden', 'm2_tiny_golden.pt')}",
+        f"start.config={shared_path('golden', 'm2_tiny_golden.io.pt')}", f"start.tokenizer={tok}",
+        f"data.source={sample_mds['raw'] / 'glue'}", "data.max_seq_len=64", "tasks=[sample-ss]", "train_subset=32",
+        "eval_subset=64", "max_duration=2ba", f"run_root={tmp_path}", "run_name=orig",
+    ])
+    res = run(cfg)
+    (job,) = res["jobs"]
+    assert job["start"]["kind"] == "original" and job["eval_rows"] == {"validation": 64}
+    assert set(job["metrics"]["validation"]) == {"matthews_correlation", "accuracy"}
