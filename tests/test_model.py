@@ -133,3 +133,10 @@ def test_inference_filter_cache_follows_weight_changes():
     fresh = model(ids).last_hidden_state  # grad enabled: no cache involved
     assert (before - after).abs().max() > 1e-4
     torch.testing.assert_close(after, fresh.detach())
+
+
+def test_decoupled_weight_decay_is_per_step_equivalent():
+    """DecoupledAdamW's weight decay is a per-step factor: the filters get lr·hyena_wd."""
+    model = M2BertForMaskedLM(tiny(long_conv_kernel_learning_rate=1e-3, hyena_wd=0.1))
+    assert param_groups(model)[1]["weight_decay"] == 0.1
+    assert param_groups(model, decoupled=True)[1]["weight_decay"] == pytest.approx(1e-4)

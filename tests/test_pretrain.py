@@ -52,6 +52,10 @@ def test_eval_loss_falls(sample_mds, tmp_path, model):
         import m2bert  # noqa: F401
 
         loaded = AutoModelForMaskedLM.from_pretrained(summary["hf_export"]).eval()
+        # The implicit filters must survive training: DecoupledAdamW with an AdamW-style 0.1 weight
+        # decay would shrink their sine frequency (init 10) by 0.9 per step, to ~0.4 after 30 steps.
+        freq = loaded.bert.layers[0].sequence_mixer.long_conv.freq
+        assert freq.mean().item() > 9.0
         tok = AutoTokenizer.from_pretrained(summary["hf_export"])
         enc = tok(["the module provides functions"], return_tensors="pt")
         assert loaded(**enc).logits.shape[-1] == loaded.config.vocab_size

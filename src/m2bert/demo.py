@@ -62,7 +62,7 @@ def finetune(paths: dict[str, Path], out: Path, hf_dir: str) -> dict[str, Any]:
 
     cfg = compose_config([
         "glue=m2_bert_tiny", f"start.path={hf_dir}", "start.kind=hf", f"data.source={paths['glue']}",
-        "tasks=[sample-ss,sample-pair]", "train_subset=2048", "max_duration=1ep", "data.pad_to_max_length=false",
+        "tasks=[sample-ss,sample-pair]", "train_subset=2048", "max_duration=2ep", "data.pad_to_max_length=false",
         f"run_root={out / 'runs'}", "run_name=demo-glue", "console_log_interval=1000ba",
     ])
     return run(cfg)

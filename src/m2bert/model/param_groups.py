@@ -8,7 +8,7 @@ import torch.nn as nn
 from m2bert.model.implicit_filter import ImplicitFilter
 
 
-def param_groups(model: nn.Module, weight_decay: float | None = None) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float | None = None, decoupled: bool = False) -> list[dict[str, Any]]:
     """Three groups: everything else (optimizer defaults), the implicit-filter MLPs and their
     shared sine frequency (``long_conv_kernel_learning_rate``, ``hyena_wd``), and the filters'
     positional features ``z`` (``hyena_lr_pos_emb``, no weight decay).
@@ -16,6 +16,12 @@ def param_groups(model: nn.Module, weight_decay: float | None = None) -> list[di
     The original tags only the forward filter MLP with the filter rate (an oversight: the
     reverse MLP shares its role); here both directions train alike. The filter skip weight
     ``bias`` stays in the default group, as in the original.
+
+    ``hyena_wd`` is an AdamW-style coefficient (Hyena's): the per-step decay is lr · wd = 1e-4.
+    Composer's DecoupledAdamW takes the per-step factor itself, so with ``decoupled=True`` the
+    group gets lr · hyena_wd. Passing 0.1 there multiplies the filter weights (and the sine
+    frequency) by 0.9 every step: we measured the implicit filters collapsing to ~1e-9 within
+    400 steps, leaving a purely local model.
     """
     config = model.config  # type: ignore[attr-defined]
     filter_params, pos_params = [], []
@@ -32,7 +38,9 @@ def param_groups(model: nn.Module, weight_decay: float | None = None) -> list[di
     if weight_decay is not None:
         groups[0]["weight_decay"] = weight_decay
     if filter_params:
-        groups.append({"params": filter_params, "lr": config.long_conv_kernel_learning_rate, "weight_decay": config.hyena_wd})
+        filter_lr = config.long_conv_kernel_learning_rate
+        filter_wd = config.hyena_wd * filter_lr if decoupled else config.hyena_wd
+        groups.append({"params": filter_params, "lr": filter_lr, "weight_decay": filter_wd})
     if pos_params:
         groups.append({"params": pos_params, "lr": config.hyena_lr_pos_emb, "weight_decay": 0.0})
     return groups

@@ -72,7 +72,11 @@ def build_mlm_model(model_cfg: DictConfig, impl_cfg: DictConfig, tokenizer_len: 
 
 def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
     """DecoupledAdamW (the paper's) or AdamW, with the implicit filters' own groups for M2."""
-    groups = param_groups(model) if hasattr(model.config, "long_conv_kernel_learning_rate") else [{"params": list(model.parameters())}]
+    decoupled = cfg.name == "decoupled_adamw"
+    if hasattr(model.config, "long_conv_kernel_learning_rate"):
+        groups = param_groups(model, decoupled=decoupled)
+    else:
+        groups = [{"params": list(model.parameters())}]
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     if cfg.name == "decoupled_adamw":
         from composer.optim import DecoupledAdamW
