@@ -13,7 +13,7 @@ install: $(STAMP)
 # Idempotent: reinstalls only when requirements.txt or pyproject.toml change.
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PY_SYS) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt 2>&1 | sed "/^WARNING: Location/d"
+	$(PY) -m pip install --disable-pip-version-check --no-compile -q -r requirements.txt 2>&1 | sed "/^WARNING: Location/d"
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e . 2>&1 | sed "/^WARNING: Location/d"
 	$(PY) -c "import m2bert, torch, composer, streaming, hydra" && touch $(STAMP)
 

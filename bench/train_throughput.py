@@ -1,7 +1,8 @@
 """Training throughput (tokens/s, fwd + bwd + optimizer step) of M2-BERT vs the BERT baseline.
 
 Same process, same batch, same MLM objective (30% masking, decoder on masked positions only,
-as in pretraining), after warm-up; prints JSON with the ratio m2/bert.
+as in pretraining), steps alternating between the two models, after warm-up; prints JSON
+with the ratio m2/bert.
 
     python bench/train_throughput.py --batch 16 --length 128 --json bench/results/train_cpu.json
 """
@@ -22,23 +23,36 @@ from m2bert.train.composer_models import ComposerMLM
 log = logging.getLogger("bench.train_throughput")
 
 
-def measure(family: str, preset: str, batch: dict[str, torch.Tensor], steps: int, warmup: int) -> float:
+def build(family: str, preset: str, length: int) -> tuple[ComposerMLM, torch.optim.Optimizer]:
     model_cfg = OmegaConf.create({"family": family, "preset": preset, "overrides": {}})
     impl = OmegaConf.create({"kernels": "torch", "long_conv_impl": "fft"})
     torch.manual_seed(0)
-    model = build_mlm_model(model_cfg, impl, tokenizer_len=30522, max_seq_len=batch["input_ids"].shape[1])
-    wrapped = ComposerMLM(model).train()
-    opt = build_optimizer(model, OmegaConf.create({"name": "decoupled_adamw", "lr": 8e-4, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 1e-5}))
-    times = []
+    model = build_mlm_model(model_cfg, impl, tokenizer_len=30522, max_seq_len=length)
+    opt_cfg = {"name": "decoupled_adamw", "lr": 8e-4, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 1e-5}
+    return ComposerMLM(model).train(), build_optimizer(model, OmegaConf.create(opt_cfg))
+
+
+def train_step(wrapped: ComposerMLM, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> float:
+    t0 = time.perf_counter()
+    loss = wrapped.loss(wrapped(batch), batch)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
+
+
+def measure(models: dict[str, tuple[ComposerMLM, torch.optim.Optimizer]], batch: dict[str, torch.Tensor],
+            steps: int, warmup: int) -> dict[str, float]:
+    """Median tokens/s per model; steps alternate between the models so that both see the same
+    machine (on a shared 2-core machine, back-to-back runs differ by ±10%)."""
+    times: dict[str, list[float]] = {name: [] for name in models}
     for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        loss = wrapped.loss(wrapped(batch), batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return batch["input_ids"].numel() / (sorted(times)[len(times) // 2])
+        for name, (wrapped, opt) in models.items():
+            t = train_step(wrapped, opt, batch)
+            if i >= warmup:
+                times[name].append(t)
+    log.info("step seconds: %s", {n: [round(t, 2) for t in ts] for n, ts in times.items()})
+    return {name: batch["input_ids"].numel() / sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 
 def main() -> None:
@@ -56,8 +70,9 @@ def main() -> None:
     ids = torch.randint(1000, 30000, (args.batch, args.length), generator=g)
     labels = torch.where(torch.rand(ids.shape, generator=g) < 0.3, ids, torch.full_like(ids, -100))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids), "labels": labels}
-    m2 = measure("m2", args.m2, batch, args.steps, args.warmup)
-    bert = measure("bert", args.bert, batch, args.steps, args.warmup)
+    models = {"m2": build("m2", args.m2, args.length), "bert": build("bert", args.bert, args.length)}
+    tps = measure(models, batch, args.steps, args.warmup)
+    m2, bert = tps["m2"], tps["bert"]
     result = {
         "benchmark": "training tokens/s (fwd+bwd+DecoupledAdamW step), MLM 30% masking, fp32",
         "device": "cpu", "threads": torch.get_num_threads(), "batch": args.batch, "length": args.length,

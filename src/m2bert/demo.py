@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="demo_out", help="working folder (reused: finished steps are skipped)")
-    p.add_argument("--batches", type=int, default=400, help="pretraining batches of 32 sequences")
+    p.add_argument("--batches", type=int, default=300, help="pretraining batches of 32 sequences")
     p.add_argument("--model", default="m2_bert_mini", help="model group of yamls/model")
     p.add_argument("--vocab-size", type=int, default=8192)
     args = p.parse_args(argv)

@@ -48,7 +48,7 @@ def apply_long_conv(u: torch.Tensor, spectrum: torch.Tensor, bias: torch.Tensor,
         y = torch.einsum("tsh,bsh->bth", spectrum.to(u.dtype), u)
     else:
         raise ValueError(f"unknown long_conv_impl {impl!r}; choose fft, monarch or direct")
-    return y + u * bias
+    return torch.addcmul(y, u, bias)  # + bias·u in the same pass
 
 
 def long_conv(

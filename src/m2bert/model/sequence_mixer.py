@@ -104,9 +104,10 @@ class MonarchSequenceMixer(nn.Module):
         v = v * x1
         if mask is not None:
             v = v.mul_(mask)
-        y = apply_long_conv(v, self.long_conv.spectrum(seqlen, self.impl), self.long_conv.bias, self.impl) * x2
-        if self.residual_long_conv is not None:
-            res = self.residual_long_conv
-            u_in = u * mask if mask is not None else u
-            y = y + apply_long_conv(u_in, res.spectrum(seqlen, self.impl), res.bias, self.impl)
-        return self.out_linear(y)
+        y = apply_long_conv(v, self.long_conv.spectrum(seqlen, self.impl), self.long_conv.bias, self.impl)
+        if self.residual_long_conv is None:
+            return self.out_linear(y * x2)
+        res = self.residual_long_conv
+        u_in = u * mask if mask is not None else u
+        residual = apply_long_conv(u_in, res.spectrum(seqlen, self.impl), res.bias, self.impl)
+        return self.out_linear(torch.addcmul(residual, y, x2))  # residual + y·x2 in one pass
