@@ -42,3 +42,25 @@ def sample_mds(tmp_path_factory):
     convert(str(root / "raw" / "c4" / "en"), str(root / "mds"), splits=("train", "val"),
             tokenizer=str(root / "tokenizer"), concat_tokens=128, progress=False)
     return {"root": root, "raw": root / "raw", "mds": root / "mds", "tokenizer": root / "tokenizer"}
+
+
+def compose_glue(overrides: list[str]):
+    """yamls/glue.yaml composed with overrides, as the GLUE tests need it."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
+        return compose(config_name="glue", overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory) -> Path:
+    """A randomly initialised m2-bert-tiny MLM with BERT's vocabulary, saved as an HF directory."""
+    from m2bert import M2BertConfig, M2BertForMaskedLM
+    from m2bert.data.tokenizer import load_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny") / "hf"
+    tok = load_tokenizer(shared_path("data", "bert-base-uncased", "vocab.txt"))
+    torch.manual_seed(0)
+    M2BertForMaskedLM(M2BertConfig.from_preset("m2-bert-tiny", vocab_size=30528)).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -5,39 +5,19 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_module
 
-from m2bert import M2BertConfig, M2BertForMaskedLM
 from m2bert.glue.driver import run
 from m2bert.glue.schema import register
-from tests.conftest import shared_path
+from tests.conftest import compose_glue, shared_path
 
 register()
 
 DEV_ROWS = {"cola": 1043, "sst2": 872, "mrpc": 408, "stsb": 1500, "rte": 277, "wnli": 71}
 METRICS = {"cola": ["matthews_correlation"], "sst2": ["accuracy"], "mrpc": ["f1", "accuracy"],
            "stsb": ["pearson", "spearmanr"], "rte": ["accuracy"], "wnli": ["accuracy"]}
-
-
-def compose_glue(overrides: list[str]):
-    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
-        return compose(config_name="glue", overrides=overrides)
-
-
-@pytest.fixture(scope="module")
-def tiny_hf(tmp_path_factory) -> Path:
-    from m2bert.data.tokenizer import load_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny") / "hf"
-    tok = load_tokenizer(shared_path("data", "bert-base-uncased", "vocab.txt"))
-    torch.manual_seed(0)
-    M2BertForMaskedLM(M2BertConfig.from_preset("m2-bert-tiny", vocab_size=30528)).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 def test_end_to_end_with_chain(tiny_hf, tmp_path):

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 
 from m2bert import M2BertConfig, M2BertForMaskedLM
@@ -18,27 +16,9 @@ from m2bert.glue.results import aggregate, job_score, markdown_table, sweep_repo
 from m2bert.glue.schema import register
 from m2bert.glue.start import load_classifier, resolve_start
 from m2bert.train.builders import ConfigError
-from tests.conftest import shared_path
+from tests.conftest import compose_glue, shared_path
 
 register()
-
-
-def compose_glue(overrides: list[str]):
-    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
-        return compose(config_name="glue", overrides=overrides)
-
-
-@pytest.fixture(scope="module")
-def tiny_hf(tmp_path_factory) -> Path:
-    """A randomly initialised m2-bert-tiny MLM with BERT's vocabulary, saved as an HF directory."""
-    from m2bert.data.tokenizer import load_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny") / "hf"
-    tok = load_tokenizer(shared_path("data", "bert-base-uncased", "vocab.txt"))
-    torch.manual_seed(0)
-    M2BertForMaskedLM(M2BertConfig.from_preset("m2-bert-tiny", vocab_size=30528)).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 # ---------------------------------------------------------------- metrics (acceptance 2)
