@@ -13,6 +13,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from m2bert.atomic import atomic_write_json
 from m2bert.train.schema import register
 
 log = logging.getLogger("m2bert.pretrain")
@@ -21,15 +22,10 @@ register()
 
 def check_data(cfg: DictConfig) -> None:
     """Fail before any heavy work when the shards are not where the config says."""
-    if cfg.data.remote:
-        return
-    for split in (cfg.data.train_split, cfg.data.eval_split):
-        index = os.path.join(cfg.data.local, split, "index.json")
-        if not os.path.isfile(index):
-            raise FileNotFoundError(
-                f"data.local={cfg.data.local!r}: no MDS index at {index}. Convert C4 first "
-                "(python data_prep/convert_c4.py --out-root DIR) or set data.remote."
-            )
+    from m2bert.data.mlm import locate_index
+
+    for split in (cfg.train_split, cfg.eval_split):
+        locate_index(cfg.local, cfg.remote, split)  # raises FileNotFoundError naming the path
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -44,7 +40,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from m2bert.train.callbacks import EvalHistory, ResumableRNG
     from m2bert.train.composer_models import ComposerMLM
 
-    check_data(cfg)
+    check_data(cfg.data)
     device, precision = builders.resolve_device_and_precision(cfg.device, cfg.precision)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     world = dist.get_world_size()
@@ -111,7 +107,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if cfg.export_hf:
             summary["hf_export"] = builders.atomic_save_pretrained(model, tokenizer, os.path.join(run_dir, "hf"))
             log.info("Hugging Face export: %s", summary["hf_export"])
-        builders.atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
+        atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
     trainer.close()
     return summary
 

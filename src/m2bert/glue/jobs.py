@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from m2bert.atomic import atomic_write_json
+
 log = logging.getLogger(__name__)
 
 # Tokenised datasets, reused by later seeds (and later Hydra sweep jobs) in the same process.
@@ -217,7 +219,7 @@ def run_job(spec: JobSpec, start: Any | None = None) -> dict[str, Any]:
         result["final_model"] = builders.atomic_save_pretrained(model, get_tokenizer(start.tokenizer),
                                                                 os.path.join(spec.out_dir, "final"))
     trainer.close()
-    builders.atomic_write_json(os.path.join(spec.out_dir, "result.json"), result)
+    atomic_write_json(os.path.join(spec.out_dir, "result.json"), result)
     log.info("%s: %s (%.1f s)", spec.name, format_metrics(metrics), result["time_s"])
     return result
 

@@ -21,7 +21,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from m2bert.train.builders import atomic_write_json
+from m2bert.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 

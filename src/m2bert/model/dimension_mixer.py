@@ -21,7 +21,7 @@ class MonarchMLP(nn.Module):
         super().__init__()
         h, i = config.hidden_size, config.intermediate_size
         self.glu = config.use_glu_mlp
-        self.monarch_glu = config.use_glu_mlp and config.use_monarch_mlp
+        self.use_monarch_glu = config.use_glu_mlp and config.use_monarch_mlp
         self.intermediate_size = i
         self.kernels = config.kernels
         if config.use_monarch_mlp:
@@ -35,7 +35,7 @@ class MonarchMLP(nn.Module):
         self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.monarch_glu:
+        if self.use_monarch_glu:
             glu = kernels.monarch_glu if kernels.use_triton(self.kernels, x.device) else monarch_glu
             y = glu(x, self.gated_layers.weight, self.wo.weight, self.wo.bias, self.dropout.p, self.training)
             return self.norm(y + x)

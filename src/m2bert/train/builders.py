@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
-from m2bert.atomic import atomic_directory, atomic_write_json  # noqa: F401  (re-exported)
+from m2bert.atomic import atomic_directory
 from m2bert.config import M2BertConfig
 from m2bert.model.param_groups import param_groups
 
