@@ -299,3 +299,407 @@ def shortconv_bwd_kernel(
     tl.store(base + 1, acc1, mask=cmask)
     tl.store(base + 2, acc2, mask=cmask)
     tl.store(db_ptr + g * C + offs_c, accb, mask=cmask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Long inputs: the same computation in three passes through a global fp32 scratch (the
+# "four-step" FFT), so no program holds a whole (N, BH) tile. With n = n1·N2 + n2 (time) and
+# k = k1 + N1·k2 (frequency):
+#   pass 1, per block of n2 columns:  A[k1, n2] = ω_N^{k1·n2} · Σ_n1 F_N1[k1, n1] x[n1, n2]
+#   pass 2, per block of k1 rows:     X[k1, k2] = Σ_n2 F_N2[k2, n2] A[k1, n2]; · filter spectrum;
+#                                     the inverse's first stage over k2 and its twiddles
+#   pass 3, per block of n2 columns:  y[n1, n2] = Re Σ_k1 conj F_N1[n1, k1] G[k1, n2], + epilogue.
+# The scratch is (B, N1, N2, H), indexed [k1, n2]; pass 2 reads and overwrites its own rows.
+# Since N ≥ 2L, rows n1 ≥ N1/2 of the input are zero and of the output unused: passes 1 and 3
+# multiply by half of F_N1 only. Short conv, gates, masking and skips are recomputed where needed.
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_block(ptr, R: tl.constexpr, C: tl.constexpr, stride):
+    """The top-left (R, C) block of a row-major matrix with row stride ``stride``."""
+    r = tl.arange(0, R)
+    c = tl.arange(0, C)
+    return tl.load(ptr + r[:, None] * stride + c[None, :])
+
+
+@triton.jit
+def _column_rows(j0, L, N1H: tl.constexpr, N2: tl.constexpr, BN2: tl.constexpr):
+    """Time rows n = n1·N2 + n2 for n1 < N1/2 and n2 in [j0, j0 + BN2), n1-major, and which are < L."""
+    n1 = tl.arange(0, N1H)
+    n2 = j0 + tl.arange(0, BN2)
+    offs_n = tl.reshape(n1[:, None] * N2 + n2[None, :], (N1H * BN2,))
+    return offs_n, offs_n < L
+
+
+@triton.jit
+def _column_offsets(j0, offs_h, H, N1: tl.constexpr, N2: tl.constexpr, BN2: tl.constexpr):
+    """Scratch offsets of [k1, n2, h] for every k1 and n2 in [j0, j0 + BN2): an (N1, BN2, BH) tile."""
+    k1 = tl.arange(0, N1)
+    n2 = j0 + tl.arange(0, BN2)
+    return (k1[:, None, None] * N2 + n2[None, :, None]) * H + offs_h[None, None, :]
+
+
+@triton.jit
+def _row_offsets(i0, offs_h, H, N1: tl.constexpr, N2: tl.constexpr, BK1: tl.constexpr):
+    """Scratch offsets of [k1, n2, h] for k1 in [i0, i0 + BK1) and every n2, as an (N2, BK1, BH) tile,
+    and offsets of the natural-order spectrum index k = k1 + N1·k2 at the same (k2, k1, h)."""
+    k1 = i0 + tl.arange(0, BK1)
+    n2 = tl.arange(0, N2)
+    scratch = (k1[None, :, None] * N2 + n2[:, None, None]) * H + offs_h[None, None, :]
+    spec = (n2[:, None, None] * N1 + k1[None, :, None]) * H + offs_h[None, None, :]
+    return scratch, spec
+
+
+@triton.jit
+def _stage1(x, c1h, s1h, twr, twi, N1: tl.constexpr, BN2: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr):
+    """Real rows n1 < N1/2 of a column block, (N1/2·BN2, BH) → twiddled A[k1, n2] as (N1, BN2, BH) re, im."""
+    N1H: tl.constexpr = N1 // 2
+    xr = tl.reshape(x, (N1H, BN2 * BH))
+    ar = tl.reshape(tl.dot(c1h, xr, input_precision=PREC), (N1, BN2, BH))
+    ai = tl.reshape(tl.dot(s1h, xr, input_precision=PREC), (N1, BN2, BH))
+    tr = twr[:, :, None]
+    ti = twi[:, :, None]
+    return ar * tr - ai * ti, ar * ti + ai * tr
+
+
+@triton.jit
+def _stage2(ar, ai, c2, s2, N2: tl.constexpr, BK1: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr):
+    """A (N2 (n2), BK1, BH) → spectrum X (N2 (k2), BK1, BH): the N2-point DFT of every k1 row."""
+    ar = tl.reshape(ar, (N2, BK1 * BH))
+    ai = tl.reshape(ai, (N2, BK1 * BH))
+    xr = tl.dot(c2, ar, input_precision=PREC) - tl.dot(s2, ai, input_precision=PREC)
+    xi = tl.dot(c2, ai, input_precision=PREC) + tl.dot(s2, ar, input_precision=PREC)
+    return tl.reshape(xr, (N2, BK1, BH)), tl.reshape(xi, (N2, BK1, BH))
+
+
+@triton.jit
+def _istage1(zr, zi, c2, s2, twr_t, twi_t, N2: tl.constexpr, BK1: tl.constexpr, BH: tl.constexpr,
+             PREC: tl.constexpr):
+    """Spectrum Z (N2 (k2), BK1, BH) → G[k1, n2] as (N2 (n2), BK1, BH): inverse N2-point DFT, conj twiddles."""
+    zr = tl.reshape(zr, (N2, BK1 * BH))
+    zi = tl.reshape(zi, (N2, BK1 * BH))
+    gr = tl.reshape(tl.dot(c2, zr, input_precision=PREC) + tl.dot(s2, zi, input_precision=PREC), (N2, BK1, BH))
+    gi = tl.reshape(tl.dot(c2, zi, input_precision=PREC) - tl.dot(s2, zr, input_precision=PREC), (N2, BK1, BH))
+    tr = twr_t[:, :, None]
+    ti = twi_t[:, :, None]
+    return gr * tr + gi * ti, gi * tr - gr * ti
+
+
+@triton.jit
+def _istage2(gr, gi, c1r, s1r, N1: tl.constexpr, BN2: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr):
+    """G (N1 (k1), BN2, BH) → real output rows n1 < N1/2 of the column block, (N1/2·BN2, BH)."""
+    N1H: tl.constexpr = N1 // 2
+    gr = tl.reshape(gr, (N1, BN2 * BH))
+    gi = tl.reshape(gi, (N1, BN2 * BH))
+    y = tl.dot(c1r, gr, input_precision=PREC) + tl.dot(s1r, gi, input_precision=PREC)
+    return tl.reshape(y, (N1H * BN2, BH))
+
+
+@triton.jit
+def _column_twiddles(twr_ptr, twi_ptr, j0, N1: tl.constexpr, N2: tl.constexpr, BN2: tl.constexpr):
+    k1 = tl.arange(0, N1)
+    n2 = j0 + tl.arange(0, BN2)
+    offs = k1[:, None] * N2 + n2[None, :]
+    return tl.load(twr_ptr + offs), tl.load(twi_ptr + offs)
+
+
+@triton.jit
+def _row_twiddles(twr_ptr, twi_ptr, i0, N2: tl.constexpr, BK1: tl.constexpr):
+    """Twiddles ω_N^{k1·n2} for k1 in [i0, i0 + BK1), every n2, as (N2, BK1)."""
+    k1 = i0 + tl.arange(0, BK1)
+    n2 = tl.arange(0, N2)
+    offs = k1[None, :] * N2 + n2[:, None]
+    return tl.load(twr_ptr + offs), tl.load(twi_ptr + offs)
+
+
+@triton.jit
+def _gated_input(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, rows, offs_h, hmask, L, H, s_pl, s_pc, s_ml,
+                 HAS_MASK: tl.constexpr, R: tl.constexpr, BH: tl.constexpr):
+    """x1, x2, v (short conv outputs), the row mask m and w = v·x1·m (zero outside the sequence)."""
+    x1 = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, offs_h, hmask, L, s_pl, s_pc, s_ml, HAS_MASK, R, BH)
+    x2 = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, H + offs_h, hmask, L, s_pl, s_pc, s_ml, HAS_MASK, R, BH)
+    v = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, 2 * H + offs_h, hmask, L, s_pl, s_pc, s_ml, HAS_MASK,
+                    R, BH)
+    if HAS_MASK:
+        m = tl.load(m_ptr + offs_n * s_ml, mask=rows, other=0.0).to(tl.float32)[:, None]
+    else:
+        m = rows.to(tl.float32)[:, None]
+    w = tl.where(rows[:, None] & hmask[None, :], v * x1 * m, 0.0)
+    return x1, x2, v, m, w
+
+
+@triton.jit
+def long_fwd_pass1(
+    proj_ptr, u_ptr, mask_ptr, scw_ptr, scb_ptr, c1_ptr, s1_ptr, twr_ptr, twi_ptr,
+    swr_ptr, swi_ptr, sur_ptr, sui_ptr,
+    L, H, s_pb, s_pl, s_pc, s_ub, s_ul, s_uc, s_mb, s_ml,
+    HAS_MASK: tl.constexpr, HAS_RES: tl.constexpr,
+    N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, BN2: tl.constexpr, PREC: tl.constexpr,
+):
+    """Short conv and gates on the rows of one column block, then the first DFT stage of w (and of u)."""
+    pid_h = tl.program_id(0)
+    j0 = tl.program_id(1) * BN2
+    b = tl.program_id(2)
+    N1H: tl.constexpr = N1 // 2
+    offs_h = pid_h * BH + tl.arange(0, BH)
+    hmask = offs_h < H
+    offs_n, rows = _column_rows(j0, L, N1H, N2, BN2)
+    c1h = _load_block(c1_ptr, N1, N1H, N1)
+    s1h = _load_block(s1_ptr, N1, N1H, N1)
+    twr, twi = _column_twiddles(twr_ptr, twi_ptr, j0, N1, N2, BN2)
+    _, _, _, m, w = _gated_input(proj_ptr + b * s_pb, mask_ptr + b * s_mb, scw_ptr, scb_ptr, offs_n, rows, offs_h,
+                                 hmask, L, H, s_pl, s_pc, s_ml, HAS_MASK, N1H * BN2, BH)
+    offs = tl.cast(b, tl.int64) * N1 * N2 * H + _column_offsets(j0, offs_h, H, N1, N2, BN2)
+    smask = hmask[None, None, :]
+    ar, ai = _stage1(w, c1h, s1h, twr, twi, N1, BN2, BH, PREC)
+    tl.store(swr_ptr + offs, ar, mask=smask)
+    tl.store(swi_ptr + offs, ai, mask=smask)
+    if HAS_RES:
+        ui = tl.load(u_ptr + b * s_ub + offs_n[:, None] * s_ul + offs_h[None, :] * s_uc,
+                     mask=rows[:, None] & hmask[None, :], other=0.0).to(tl.float32) * m
+        ar, ai = _stage1(ui, c1h, s1h, twr, twi, N1, BN2, BH, PREC)
+        tl.store(sur_ptr + offs, ar, mask=smask)
+        tl.store(sui_ptr + offs, ai, mask=smask)
+
+
+@triton.jit
+def long_fwd_pass2(
+    swr_ptr, swi_ptr, sur_ptr, sui_ptr, kr_ptr, ki_ptr, k2r_ptr, k2i_ptr, c2_ptr, s2_ptr, twr_ptr, twi_ptr,
+    H,
+    HAS_RES: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, BK1: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Second DFT stage, product with the filter spectrum, first inverse stage; in place, per block of k1 rows."""
+    pid_h = tl.program_id(0)
+    i0 = tl.program_id(1) * BK1
+    b = tl.program_id(2)
+    offs_h = pid_h * BH + tl.arange(0, BH)
+    hmask = offs_h < H
+    smask = hmask[None, None, :]
+    c2 = _load_mat(c2_ptr, N2, N2)
+    s2 = _load_mat(s2_ptr, N2, N2)
+    twr, twi = _row_twiddles(twr_ptr, twi_ptr, i0, N2, BK1)
+    rel, spec = _row_offsets(i0, offs_h, H, N1, N2, BK1)
+    offs = tl.cast(b, tl.int64) * N1 * N2 * H + rel
+    xr, xi = _stage2(tl.load(swr_ptr + offs, mask=smask, other=0.0), tl.load(swi_ptr + offs, mask=smask, other=0.0),
+                     c2, s2, N2, BK1, BH, PREC)
+    kr = tl.load(kr_ptr + spec, mask=smask, other=0.0)
+    ki = tl.load(ki_ptr + spec, mask=smask, other=0.0)
+    gr, gi = _istage1(xr * kr - xi * ki, xr * ki + xi * kr, c2, s2, twr, twi, N2, BK1, BH, PREC)
+    tl.store(swr_ptr + offs, gr, mask=smask)
+    tl.store(swi_ptr + offs, gi, mask=smask)
+    if HAS_RES:
+        xr, xi = _stage2(tl.load(sur_ptr + offs, mask=smask, other=0.0),
+                         tl.load(sui_ptr + offs, mask=smask, other=0.0), c2, s2, N2, BK1, BH, PREC)
+        kr = tl.load(k2r_ptr + spec, mask=smask, other=0.0)
+        ki = tl.load(k2i_ptr + spec, mask=smask, other=0.0)
+        gr, gi = _istage1(xr * kr - xi * ki, xr * ki + xi * kr, c2, s2, twr, twi, N2, BK1, BH, PREC)
+        tl.store(sur_ptr + offs, gr, mask=smask)
+        tl.store(sui_ptr + offs, gi, mask=smask)
+
+
+@triton.jit
+def long_fwd_pass3(
+    proj_ptr, u_ptr, mask_ptr, scw_ptr, scb_ptr, bias_ptr, bias2_ptr, c1_ptr, s1_ptr,
+    swr_ptr, swi_ptr, sur_ptr, sui_ptr, y_ptr,
+    L, H, s_pb, s_pl, s_pc, s_ub, s_ul, s_uc, s_mb, s_ml, s_yb, s_yl, s_yc,
+    HAS_MASK: tl.constexpr, HAS_RES: tl.constexpr,
+    N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, BN2: tl.constexpr, PREC: tl.constexpr,
+):
+    """Last inverse DFT stage of one column block, then the epilogue: (c + w·bias)·x2 (+ residual conv)."""
+    pid_h = tl.program_id(0)
+    j0 = tl.program_id(1) * BN2
+    b = tl.program_id(2)
+    N1H: tl.constexpr = N1 // 2
+    offs_h = pid_h * BH + tl.arange(0, BH)
+    hmask = offs_h < H
+    offs_n, rows = _column_rows(j0, L, N1H, N2, BN2)
+    tile_mask = rows[:, None] & hmask[None, :]
+    c1r = _load_block(c1_ptr, N1H, N1, N1)
+    s1r = _load_block(s1_ptr, N1H, N1, N1)
+    offs = tl.cast(b, tl.int64) * N1 * N2 * H + _column_offsets(j0, offs_h, H, N1, N2, BN2)
+    smask = hmask[None, None, :]
+    c = _istage2(tl.load(swr_ptr + offs, mask=smask, other=0.0), tl.load(swi_ptr + offs, mask=smask, other=0.0),
+                 c1r, s1r, N1, BN2, BH, PREC)
+    _, x2, _, m, w = _gated_input(proj_ptr + b * s_pb, mask_ptr + b * s_mb, scw_ptr, scb_ptr, offs_n, rows, offs_h,
+                                  hmask, L, H, s_pl, s_pc, s_ml, HAS_MASK, N1H * BN2, BH)
+    bias = tl.load(bias_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
+    y = (c + w * bias) * x2
+    if HAS_RES:
+        cu = _istage2(tl.load(sur_ptr + offs, mask=smask, other=0.0), tl.load(sui_ptr + offs, mask=smask, other=0.0),
+                      c1r, s1r, N1, BN2, BH, PREC)
+        ui = tl.load(u_ptr + b * s_ub + offs_n[:, None] * s_ul + offs_h[None, :] * s_uc, mask=tile_mask,
+                     other=0.0).to(tl.float32) * m
+        bias2 = tl.load(bias2_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
+        y += cu + ui * bias2
+    tl.store(y_ptr + b * s_yb + offs_n[:, None] * s_yl + offs_h[None, :] * s_yc, y.to(y_ptr.dtype.element_ty),
+             mask=tile_mask)
+
+
+@triton.jit
+def long_bwd_pass1(
+    proj_ptr, u_ptr, mask_ptr, scw_ptr, scb_ptr, dy_ptr, c1_ptr, s1_ptr, twr_ptr, twi_ptr,
+    swr_ptr, swi_ptr, szr_ptr, szi_ptr, sur_ptr, sui_ptr, syr_ptr, syi_ptr,
+    L, H, s_pb, s_pl, s_pc, s_ub, s_ul, s_uc, s_mb, s_ml, s_db, s_dl, s_dc,
+    HAS_MASK: tl.constexpr, HAS_RES: tl.constexpr,
+    N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, BN2: tl.constexpr, PREC: tl.constexpr,
+):
+    """First DFT stage of w and dz = dy·x2 (and of the masked u and dy for the residual conv)."""
+    pid_h = tl.program_id(0)
+    j0 = tl.program_id(1) * BN2
+    b = tl.program_id(2)
+    N1H: tl.constexpr = N1 // 2
+    offs_h = pid_h * BH + tl.arange(0, BH)
+    hmask = offs_h < H
+    offs_n, rows = _column_rows(j0, L, N1H, N2, BN2)
+    tile_mask = rows[:, None] & hmask[None, :]
+    c1h = _load_block(c1_ptr, N1, N1H, N1)
+    s1h = _load_block(s1_ptr, N1, N1H, N1)
+    twr, twi = _column_twiddles(twr_ptr, twi_ptr, j0, N1, N2, BN2)
+    _, x2, _, m, w = _gated_input(proj_ptr + b * s_pb, mask_ptr + b * s_mb, scw_ptr, scb_ptr, offs_n, rows, offs_h,
+                                  hmask, L, H, s_pl, s_pc, s_ml, HAS_MASK, N1H * BN2, BH)
+    dy = tl.load(dy_ptr + b * s_db + offs_n[:, None] * s_dl + offs_h[None, :] * s_dc, mask=tile_mask,
+                 other=0.0).to(tl.float32)
+    offs = tl.cast(b, tl.int64) * N1 * N2 * H + _column_offsets(j0, offs_h, H, N1, N2, BN2)
+    smask = hmask[None, None, :]
+    ar, ai = _stage1(w, c1h, s1h, twr, twi, N1, BN2, BH, PREC)
+    tl.store(swr_ptr + offs, ar, mask=smask)
+    tl.store(swi_ptr + offs, ai, mask=smask)
+    ar, ai = _stage1(dy * x2, c1h, s1h, twr, twi, N1, BN2, BH, PREC)
+    tl.store(szr_ptr + offs, ar, mask=smask)
+    tl.store(szi_ptr + offs, ai, mask=smask)
+    if HAS_RES:
+        ui = tl.load(u_ptr + b * s_ub + offs_n[:, None] * s_ul + offs_h[None, :] * s_uc, mask=tile_mask,
+                     other=0.0).to(tl.float32) * m
+        ar, ai = _stage1(ui, c1h, s1h, twr, twi, N1, BN2, BH, PREC)
+        tl.store(sur_ptr + offs, ar, mask=smask)
+        tl.store(sui_ptr + offs, ai, mask=smask)
+        ar, ai = _stage1(dy, c1h, s1h, twr, twi, N1, BN2, BH, PREC)
+        tl.store(syr_ptr + offs, ar, mask=smask)
+        tl.store(syi_ptr + offs, ai, mask=smask)
+
+
+@triton.jit
+def long_bwd_pass2(
+    swr_ptr, swi_ptr, szr_ptr, szi_ptr, sur_ptr, sui_ptr, syr_ptr, syi_ptr,
+    kr_ptr, ki_ptr, k2r_ptr, k2i_ptr, c2_ptr, s2_ptr, twr_ptr, twi_ptr, gkr_ptr, gki_ptr, gk2r_ptr, gk2i_ptr,
+    B, H, G,
+    HAS_RES: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, BK1: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Spectra W, DZ (U, DY) of one block of k1 rows over the batch rows g, g+G, ...: per-group partial
+    filter-spectrum gradients Σ_b DZ·conj(W) (Σ_b DY·conj(U)), and, in place, the first inverse stage
+    of W·K (the forward's c, recomputed), of DZ·conj(K) (the adjoint) and of DY·conj(K2)."""
+    pid_h = tl.program_id(0)
+    i0 = tl.program_id(1) * BK1
+    g = tl.program_id(2)
+    offs_h = pid_h * BH + tl.arange(0, BH)
+    hmask = offs_h < H
+    smask = hmask[None, None, :]
+    c2 = _load_mat(c2_ptr, N2, N2)
+    s2 = _load_mat(s2_ptr, N2, N2)
+    twr, twi = _row_twiddles(twr_ptr, twi_ptr, i0, N2, BK1)
+    rel, spec = _row_offsets(i0, offs_h, H, N1, N2, BK1)
+    kr = tl.load(kr_ptr + spec, mask=smask, other=0.0)
+    ki = tl.load(ki_ptr + spec, mask=smask, other=0.0)
+    gkr = tl.zeros((N2, BK1, BH), dtype=tl.float32)
+    gki = tl.zeros((N2, BK1, BH), dtype=tl.float32)
+    gk2r = tl.zeros((N2, BK1, BH), dtype=tl.float32)
+    gk2i = tl.zeros((N2, BK1, BH), dtype=tl.float32)
+    if HAS_RES:
+        k2r = tl.load(k2r_ptr + spec, mask=smask, other=0.0)
+        k2i = tl.load(k2i_ptr + spec, mask=smask, other=0.0)
+    for b in range(g, B, G):
+        offs = tl.cast(b, tl.int64) * N1 * N2 * H + rel
+        wr, wi = _stage2(tl.load(swr_ptr + offs, mask=smask, other=0.0),
+                         tl.load(swi_ptr + offs, mask=smask, other=0.0), c2, s2, N2, BK1, BH, PREC)
+        zr, zi = _stage2(tl.load(szr_ptr + offs, mask=smask, other=0.0),
+                         tl.load(szi_ptr + offs, mask=smask, other=0.0), c2, s2, N2, BK1, BH, PREC)
+        gkr += zr * wr + zi * wi
+        gki += zi * wr - zr * wi
+        cr, ci = _istage1(wr * kr - wi * ki, wr * ki + wi * kr, c2, s2, twr, twi, N2, BK1, BH, PREC)
+        tl.store(swr_ptr + offs, cr, mask=smask)
+        tl.store(swi_ptr + offs, ci, mask=smask)
+        dr, di = _istage1(zr * kr + zi * ki, zi * kr - zr * ki, c2, s2, twr, twi, N2, BK1, BH, PREC)
+        tl.store(szr_ptr + offs, dr, mask=smask)
+        tl.store(szi_ptr + offs, di, mask=smask)
+        if HAS_RES:
+            ur, ui = _stage2(tl.load(sur_ptr + offs, mask=smask, other=0.0),
+                             tl.load(sui_ptr + offs, mask=smask, other=0.0), c2, s2, N2, BK1, BH, PREC)
+            yr, yi = _stage2(tl.load(syr_ptr + offs, mask=smask, other=0.0),
+                             tl.load(syi_ptr + offs, mask=smask, other=0.0), c2, s2, N2, BK1, BH, PREC)
+            gk2r += yr * ur + yi * ui
+            gk2i += yi * ur - yr * ui
+            dr, di = _istage1(yr * k2r + yi * k2i, yi * k2r - yr * k2i, c2, s2, twr, twi, N2, BK1, BH, PREC)
+            tl.store(sur_ptr + offs, dr, mask=smask)
+            tl.store(sui_ptr + offs, di, mask=smask)
+    part = tl.cast(g, tl.int64) * N1 * N2 * H + spec
+    tl.store(gkr_ptr + part, gkr, mask=smask)
+    tl.store(gki_ptr + part, gki, mask=smask)
+    if HAS_RES:
+        tl.store(gk2r_ptr + part, gk2r, mask=smask)
+        tl.store(gk2i_ptr + part, gk2i, mask=smask)
+
+
+@triton.jit
+def long_bwd_pass3(
+    proj_ptr, u_ptr, mask_ptr, scw_ptr, scb_ptr, bias_ptr, bias2_ptr, dy_ptr, c1_ptr, s1_ptr,
+    swr_ptr, swi_ptr, szr_ptr, szi_ptr, sur_ptr, sui_ptr,
+    ds_ptr, du_ptr, dbias_ptr, dbias2_ptr,
+    B, L, H, G,
+    s_pb, s_pl, s_pc, s_ub, s_ul, s_uc, s_mb, s_ml, s_db, s_dl, s_dc, s_sb, s_sl, s_sc, s_qb, s_ql, s_qc,
+    HAS_MASK: tl.constexpr, HAS_RES: tl.constexpr,
+    N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, BN2: tl.constexpr, PREC: tl.constexpr,
+):
+    """Last inverse stage of c, of the adjoint convolutions, then the gradients of one column block over
+    the batch rows g, g+G, ...: ds (for :func:`shortconv_bwd_kernel`), du, per-program skip-weight sums."""
+    pid_h = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    j0 = pid_n * BN2
+    g = tl.program_id(2)
+    N1H: tl.constexpr = N1 // 2
+    offs_h = pid_h * BH + tl.arange(0, BH)
+    hmask = offs_h < H
+    offs_n, rows = _column_rows(j0, L, N1H, N2, BN2)
+    tile_mask = rows[:, None] & hmask[None, :]
+    smask = hmask[None, None, :]
+    c1r = _load_block(c1_ptr, N1H, N1, N1)
+    s1r = _load_block(s1_ptr, N1H, N1, N1)
+    rel = _column_offsets(j0, offs_h, H, N1, N2, BN2)
+    bias = tl.load(bias_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
+    if HAS_RES:
+        bias2 = tl.load(bias2_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
+    dbias = tl.zeros((BH,), dtype=tl.float32)
+    dbias2 = tl.zeros((BH,), dtype=tl.float32)
+    for b in range(g, B, G):
+        offs = tl.cast(b, tl.int64) * N1 * N2 * H + rel
+        c = _istage2(tl.load(swr_ptr + offs, mask=smask, other=0.0), tl.load(swi_ptr + offs, mask=smask, other=0.0),
+                     c1r, s1r, N1, BN2, BH, PREC)
+        dwc = _istage2(tl.load(szr_ptr + offs, mask=smask, other=0.0),
+                       tl.load(szi_ptr + offs, mask=smask, other=0.0), c1r, s1r, N1, BN2, BH, PREC)
+        x1, x2, v, m, w = _gated_input(proj_ptr + b * s_pb, mask_ptr + b * s_mb, scw_ptr, scb_ptr, offs_n, rows,
+                                       offs_h, hmask, L, H, s_pl, s_pc, s_ml, HAS_MASK, N1H * BN2, BH)
+        dy = tl.load(dy_ptr + b * s_db + offs_n[:, None] * s_dl + offs_h[None, :] * s_dc, mask=tile_mask,
+                     other=0.0).to(tl.float32)
+        dx2 = dy * (c + w * bias)
+        dz = dy * x2
+        dw = (dwc + dz * bias) * m
+        dbias += tl.sum(dz * w, axis=0)
+        s_base = ds_ptr + b * s_sb + offs_n[:, None] * s_sl
+        dt = ds_ptr.dtype.element_ty
+        tl.store(s_base + offs_h[None, :] * s_sc, (dw * v).to(dt), mask=tile_mask)
+        tl.store(s_base + (H + offs_h[None, :]) * s_sc, dx2.to(dt), mask=tile_mask)
+        tl.store(s_base + (2 * H + offs_h[None, :]) * s_sc, (dw * x1).to(dt), mask=tile_mask)
+        if HAS_RES:
+            duc = _istage2(tl.load(sur_ptr + offs, mask=smask, other=0.0),
+                           tl.load(sui_ptr + offs, mask=smask, other=0.0), c1r, s1r, N1, BN2, BH, PREC)
+            ui = tl.load(u_ptr + b * s_ub + offs_n[:, None] * s_ul + offs_h[None, :] * s_uc, mask=tile_mask,
+                         other=0.0).to(tl.float32) * m
+            dbias2 += tl.sum(dy * ui, axis=0)
+            tl.store(du_ptr + b * s_qb + offs_n[:, None] * s_ql + offs_h[None, :] * s_qc,
+                     ((duc + dy * bias2) * m).to(du_ptr.dtype.element_ty), mask=tile_mask)
+    slot = (g * tl.num_programs(1) + pid_n) * H + offs_h
+    tl.store(dbias_ptr + slot, dbias, mask=hmask)
+    if HAS_RES:
+        tl.store(dbias2_ptr + slot, dbias2, mask=hmask)

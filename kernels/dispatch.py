@@ -8,12 +8,19 @@ raises a clear error. Nothing here imports Triton; the kernels are loaded on fir
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 import torch
 
 from m2bert.kernels._loader import NEEDS_GPU, interpreting
 
 CHOICES = ("auto", "triton", "torch")
+# The longest input of the fused sequence-mixer kernels (= seq_mixer_conv.MAX_SEQLEN, kept here so
+# that this module imports nothing heavy); longer inputs take the PyTorch path.
+SEQ_MIXER_MAX_SEQLEN = 8192
+
+log = logging.getLogger(__name__)
+_warned: set[int] = set()
 
 
 def triton_available() -> bool:
@@ -34,6 +41,17 @@ def use_triton(config_kernels: str, device: torch.device | str) -> bool:
             raise RuntimeError(f"{NEEDS_GPU}; tensors are on {device}. Use kernels: auto or torch here.")
         return True
     raise ValueError(f"kernels={config_kernels!r}; choose one of {CHOICES}")
+
+
+def seq_mixer_fits(seqlen: int) -> bool:
+    """Whether the fused sequence-mixer kernels take this length; logs once per length when not."""
+    if seqlen <= SEQ_MIXER_MAX_SEQLEN:
+        return True
+    if seqlen not in _warned:
+        _warned.add(seqlen)
+        log.warning("sequence length %d > %d: the sequence mixer runs in PyTorch at this length (its fused "
+                    "kernels stop at %d)", seqlen, SEQ_MIXER_MAX_SEQLEN, SEQ_MIXER_MAX_SEQLEN)
+    return False
 
 
 def seq_mixer_conv(proj, u, mask, sc_weight, sc_bias, k_fwd, k_rev, bias, k2_fwd=None, k2_rev=None, bias2=None):

@@ -14,16 +14,25 @@ the short conv's output and of u, and reduces the filter-spectrum gradients Σ_b
 over the batch rows of its group (partials per group, summed and inverse-transformed once in
 PyTorch). A second small kernel does the short conv's backward (d proj, weight and bias).
 
-Algorithm per length: every L uses N = max(256, next_pow2(2L)) = N1·N2 (N1, N2 ≥ 16, tl.dot's
-minimum), so lengths that are not powers of two are padded. Whole-sequence tiles are right
-for the pretraining lengths; for L ≥ 4096 a three-factor, multi-pass variant is needed on a
-GPU (left for a GPU session, see the report in notes).
+Two algorithms, same arithmetic (:func:`plan` picks one per length): every L uses the
+convolution size N = max(256, next_pow2(2L)) = N1·N2 (N1, N2 ≥ 16, tl.dot's minimum), so
+lengths that are not powers of two are padded.
+
+* ``tile`` (N ≤ 2048, L ≤ 1024, the pretraining and GLUE lengths): one program holds the whole
+  (N, BH) tile of one batch row; nothing but the inputs and outputs touches memory.
+* ``passes`` (longer inputs, up to L = 8192): the four-step FFT in three kernels that pass the
+  partial transforms through an fp32 scratch (B, N1, N2, H); each program holds one block of
+  columns or rows, so the tiles stay small however long the input. Backward likewise.
+
+Longer inputs than :data:`MAX_SEQLEN` are not supported by the kernels (the model then uses
+its PyTorch path, see :func:`m2bert.kernels.dispatch.seq_mixer_fits`).
 
 :func:`reference` is the model's own composition (``causal_short_conv`` and ``long_conv``).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -60,12 +69,53 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def plan(seqlen: int, channels: int) -> tuple[int, int, int]:
-    """(N1, N2, BH): the DFT factors of the convolution size and the channel block."""
-    n = max(256, _next_pow2(2 * seqlen))
+TILE_MAX_N = 2048  # the largest convolution size done in whole-sequence tiles (bench/kernels.py compares both)
+MAX_N = 128 * 128  # N1, N2 ≤ 128: the DFT blocks stay tl.dot-sized
+MAX_SEQLEN = MAX_N // 2
+PASSES_MIN_N = 1024  # passes 1 and 3 multiply by half of F_N1, which needs N1/2 ≥ 16
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one sequence length is computed: the DFT factors N = N1·N2 and the block sizes."""
+
+    algorithm: str  # "tile" or "passes"
+    n1: int
+    n2: int
+    bh: int  # channels per program
+    bn2: int = 0  # passes: n2 columns per program in passes 1 and 3
+    bk1: int = 0  # passes: k1 rows per program in pass 2
+
+    @property
+    def n(self) -> int:
+        return self.n1 * self.n2
+
+
+def conv_size(seqlen: int) -> int:
+    """N: the circular convolution size, ≥ 2L so that the bidirectional convolution does not wrap."""
+    return max(256, _next_pow2(2 * seqlen))
+
+
+def plan(seqlen: int, channels: int, algorithm: str = "auto") -> Plan:
+    """The algorithm (``auto``: tiles up to N = TILE_MAX_N, passes above), DFT factors and blocks."""
+    n = conv_size(seqlen)
+    if n > MAX_N:
+        raise ValueError(f"sequence length {seqlen} > {MAX_SEQLEN}, the longest the fused sequence-mixer kernels "
+                         "support; use kernels: torch")
+    if algorithm == "auto":
+        algorithm = "tile" if n <= TILE_MAX_N else "passes"
     n1 = 1 << (int(math.log2(n)) // 2)
-    bh = min(16, _next_pow2(channels), max(1, 8192 // n))
-    return n1, n // n1, bh
+    n2 = n // n1
+    bh = min(16, _next_pow2(channels))
+    if algorithm == "tile":
+        return Plan("tile", n1, n2, min(bh, max(1, 8192 // n)))
+    if algorithm == "passes":
+        if n < PASSES_MIN_N:
+            raise ValueError(f"algorithm 'passes' needs a convolution size N ≥ {PASSES_MIN_N} "
+                             f"(sequence length > {PASSES_MIN_N // 4}); got L = {seqlen}")
+        cols = 64  # BN2·BH and BK1·BH: the width of every stage's GEMM
+        return Plan("passes", n1, n2, bh, bn2=min(n2, max(1, cols // bh)), bk1=min(n1, max(1, cols // bh)))
+    raise ValueError(f"algorithm={algorithm!r}; choose auto, tile or passes")
 
 
 @lru_cache(maxsize=32)
@@ -92,39 +142,52 @@ def _spectrum(k_fwd: torch.Tensor, k_rev: torch.Tensor | None, n: int) -> tuple[
     return spec.real.contiguous(), spec.imag.contiguous()
 
 
-def _groups(batch: int, n_hblocks: int, device: torch.device, interpret: bool) -> int:
-    """Batch rows are split into G groups, each reduced by one program per channel block."""
+def _groups(batch: int, programs_per_group: int, device: torch.device, interpret: bool) -> int:
+    """Batch rows are split into G groups; one program reduces the filter gradients of a group."""
     if interpret or device.type != "cuda":
         return min(batch, 2)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(batch, (2 * sms) // max(1, n_hblocks)))
+    return max(1, min(batch, (2 * sms) // max(1, programs_per_group)))
 
 
 class _SeqMixerConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, proj, u, mask, sc_weight, sc_bias, k_fwd, k_rev, bias, k2_fwd, k2_rev, bias2):
+    def forward(ctx, p: Plan, proj, u, mask, sc_weight, sc_bias, k_fwd, k_rev, bias, k2_fwd, k2_rev, bias2):
         bsz, seqlen, h = u.shape
-        mod, interpret = kernel_module("seq_mixer_conv", proj.device)
-        n1, n2, bh = plan(seqlen, h)
-        consts = _dft_constants(n1, n2, str(proj.device))
-        kr, ki = _spectrum(k_fwd, k_rev, n1 * n2)
+        mod, _ = kernel_module("seq_mixer_conv", proj.device)
+        consts = _dft_constants(p.n1, p.n2, str(proj.device))
+        kr, ki = _spectrum(k_fwd, k_rev, p.n)
         has_res = k2_fwd is not None
-        k2r, k2i = _spectrum(k2_fwd, k2_rev, n1 * n2) if has_res else (kr, ki)
+        k2r, k2i = _spectrum(k2_fwd, k2_rev, p.n) if has_res else (kr, ki)
         scw = sc_weight.reshape(-1, 3).contiguous()
         scb = sc_bias.contiguous()
         bias_c = bias.contiguous()
         bias2_c = bias2.contiguous() if has_res else bias_c
         m = mask.reshape(bsz, seqlen) if mask is not None else proj
+        ms = (m.stride(0), m.stride(1)) if mask is not None else (0, 0)
         y = torch.empty(bsz, seqlen, h, device=u.device, dtype=proj.dtype)
-        prec = "ieee" if proj.dtype == torch.float32 else "tf32"
-        grid = (triton_cdiv(h, bh), bsz)
-        mod.seqmix_fwd_kernel[grid](
-            proj, u, m, scw, scb, kr, ki, bias_c, k2r, k2i, bias2_c, *consts, y,
-            seqlen, h, *proj.stride(), *u.stride(),
-            m.stride(0) if mask is not None else 0, m.stride(1) if mask is not None else 0, *y.stride(),
-            HAS_MASK=mask is not None, HAS_RES=has_res, N1=n1, N2=n2, BH=bh, PREC=prec,
-        )
+        flags = dict(HAS_MASK=mask is not None, HAS_RES=has_res, N1=p.n1, N2=p.n2, BH=p.bh, PREC=_precision(proj))
+        n_hb = triton_cdiv(h, p.bh)
+        if p.algorithm == "tile":
+            mod.seqmix_fwd_kernel[(n_hb, bsz)](
+                proj, u, m, scw, scb, kr, ki, bias_c, k2r, k2i, bias2_c, *consts, y,
+                seqlen, h, *proj.stride(), *u.stride(), *ms, *y.stride(), **flags)
+        else:
+            c1, s1, c2, s2, twr, twi = consts
+            scratch = torch.empty(2 if has_res else 1, 2, bsz, p.n1, p.n2, h, device=u.device, dtype=torch.float32)
+            sw, su = scratch[0], scratch[-1]
+            cols = (n_hb, p.n2 // p.bn2, bsz)
+            mod.long_fwd_pass1[cols](
+                proj, u, m, scw, scb, c1, s1, twr, twi, sw[0], sw[1], su[0], su[1],
+                seqlen, h, *proj.stride(), *u.stride(), *ms, BN2=p.bn2, **flags)
+            mod.long_fwd_pass2[(n_hb, p.n1 // p.bk1, bsz)](
+                sw[0], sw[1], su[0], su[1], kr, ki, k2r, k2i, c2, s2, twr, twi, h,
+                HAS_RES=has_res, N1=p.n1, N2=p.n2, BH=p.bh, BK1=p.bk1, PREC=flags["PREC"])
+            mod.long_fwd_pass3[cols](
+                proj, u, m, scw, scb, bias_c, bias2_c, c1, s1, sw[0], sw[1], su[0], su[1], y,
+                seqlen, h, *proj.stride(), *u.stride(), *ms, *y.stride(), BN2=p.bn2, **flags)
         ctx.save_for_backward(proj, u, mask, scw, scb, kr, ki, bias_c, k2r, k2i, bias2_c)
+        ctx.plan = p
         ctx.meta = (has_res, k_rev is not None, k2_rev is not None if has_res else False,
                     sc_weight.shape, sc_weight.dtype, k_fwd.dtype, bias.dtype)
         return y
@@ -133,43 +196,52 @@ class _SeqMixerConv(torch.autograd.Function):
     def backward(ctx, dy):
         proj, u, mask, scw, scb, kr, ki, bias, k2r, k2i, bias2 = ctx.saved_tensors
         has_res, has_rev, has_rev2, sc_shape, sc_dtype, k_dtype, b_dtype = ctx.meta
+        p: Plan = ctx.plan
         bsz, seqlen, h = u.shape
         mod, interpret = kernel_module("seq_mixer_conv", proj.device)
-        n1, n2, bh = plan(seqlen, h)
-        n = n1 * n2
-        consts = _dft_constants(n1, n2, str(proj.device))
+        consts = _dft_constants(p.n1, p.n2, str(proj.device))
         dy = dy.contiguous()
         m = mask.reshape(bsz, seqlen) if mask is not None else proj
         ms = (m.stride(0), m.stride(1)) if mask is not None else (0, 0)
-        n_hb = triton_cdiv(h, bh)
-        groups = _groups(bsz, n_hb, proj.device, interpret)
+        n_hb = triton_cdiv(h, p.bh)
         dev = proj.device
         ds = torch.empty(bsz, seqlen, 3 * h, device=dev, dtype=torch.float32)
         du = torch.empty(bsz, seqlen, h, device=dev, dtype=u.dtype) if has_res else ds
-        gk = torch.empty(2, groups, n, h, device=dev, dtype=torch.float32)
-        gk2 = torch.empty(2, groups, n, h, device=dev, dtype=torch.float32) if has_res else gk
-        dbias = torch.empty(groups, h, device=dev, dtype=torch.float32)
-        dbias2 = torch.empty(groups, h, device=dev, dtype=torch.float32) if has_res else dbias
-        prec = "ieee" if proj.dtype == torch.float32 else "tf32"
-        mod.seqmix_bwd_kernel[(n_hb, groups)](
-            proj, u, m, scw, scb, kr, ki, bias, k2r, k2i, bias2, *consts,
-            dy, ds, du, gk, gk2, dbias, dbias2,
-            bsz, seqlen, h, groups,
-            *proj.stride(), *u.stride(), *ms, *dy.stride(), *ds.stride(), *du.stride(),
-            HAS_MASK=mask is not None, HAS_RES=has_res, N1=n1, N2=n2, BH=bh, PREC=prec,
-        )
-        c = 3 * h
-        bc = min(64, _next_pow2(c))
-        bl = 64
-        dproj = torch.empty_like(proj)
-        dwp = torch.empty(groups, c, 3, device=dev, dtype=torch.float32)
-        dbp = torch.empty(groups, c, device=dev, dtype=torch.float32)
-        mod.shortconv_bwd_kernel[(triton_cdiv(c, bc), groups)](
-            ds, proj, m, scw, dproj, dwp, dbp,
-            bsz, seqlen, c, groups,
-            *ds.stride(), *proj.stride(), *ms, *dproj.stride(),
-            HAS_MASK=mask is not None, BL=bl, BC=bc,
-        )
+        flags = dict(HAS_MASK=mask is not None, HAS_RES=has_res, N1=p.n1, N2=p.n2, BH=p.bh, PREC=_precision(proj))
+        if p.algorithm == "tile":
+            groups = _groups(bsz, n_hb, dev, interpret)
+            dbias = torch.empty(groups, h, device=dev, dtype=torch.float32)
+            gk = torch.empty(2, groups, p.n, h, device=dev, dtype=torch.float32)
+            gk2 = torch.empty_like(gk) if has_res else gk
+            dbias2 = torch.empty_like(dbias) if has_res else dbias
+            mod.seqmix_bwd_kernel[(n_hb, groups)](
+                proj, u, m, scw, scb, kr, ki, bias, k2r, k2i, bias2, *consts,
+                dy, ds, du, gk, gk2, dbias, dbias2,
+                bsz, seqlen, h, groups,
+                *proj.stride(), *u.stride(), *ms, *dy.stride(), *ds.stride(), *du.stride(), **flags)
+        else:
+            c1, s1, c2, s2, twr, twi = consts
+            scratch = torch.empty(4 if has_res else 2, 2, bsz, p.n1, p.n2, h, device=dev, dtype=torch.float32)
+            sw, sz, su, sy = scratch[0], scratch[1], scratch[-2], scratch[-1]
+            n_cols = p.n2 // p.bn2
+            mod.long_bwd_pass1[(n_hb, n_cols, bsz)](
+                proj, u, m, scw, scb, dy, c1, s1, twr, twi, sw[0], sw[1], sz[0], sz[1], su[0], su[1], sy[0], sy[1],
+                seqlen, h, *proj.stride(), *u.stride(), *ms, *dy.stride(), BN2=p.bn2, **flags)
+            groups = _groups(bsz, n_hb * (p.n1 // p.bk1), dev, interpret)
+            gk = torch.empty(2, groups, p.n, h, device=dev, dtype=torch.float32)
+            gk2 = torch.empty_like(gk) if has_res else gk
+            mod.long_bwd_pass2[(n_hb, p.n1 // p.bk1, groups)](
+                sw[0], sw[1], sz[0], sz[1], su[0], su[1], sy[0], sy[1], kr, ki, k2r, k2i, c2, s2, twr, twi,
+                gk[0], gk[1], gk2[0], gk2[1], bsz, h, groups,
+                HAS_RES=has_res, N1=p.n1, N2=p.n2, BH=p.bh, BK1=p.bk1, PREC=flags["PREC"])
+            groups3 = _groups(bsz, n_hb * n_cols, dev, interpret)
+            dbias = torch.empty(groups3 * n_cols, h, device=dev, dtype=torch.float32)
+            dbias2 = torch.empty_like(dbias) if has_res else dbias
+            mod.long_bwd_pass3[(n_hb, n_cols, groups3)](
+                proj, u, m, scw, scb, bias, bias2, dy, c1, s1, sw[0], sw[1], sz[0], sz[1], su[0], su[1],
+                ds, du, dbias, dbias2, bsz, seqlen, h, groups3,
+                *proj.stride(), *u.stride(), *ms, *dy.stride(), *ds.stride(), *du.stride(), BN2=p.bn2, **flags)
+        dproj, dwp, dbp = _short_conv_backward(mod, ds, proj, m, ms, scw, mask is not None, interpret)
 
         def filter_grads(parts: torch.Tensor, rev: bool):
             spec = torch.complex(parts[0].sum(0), parts[1].sum(0))
@@ -183,9 +255,32 @@ class _SeqMixerConv(torch.autograd.Function):
         if has_res:
             d_k2f, d_k2r = filter_grads(gk2, has_rev2)
             d_b2 = dbias2.sum(0).to(b_dtype)
-        return (dproj, du if has_res else None, None,
-                dwp.sum(0).reshape(sc_shape).to(sc_dtype), dbp.sum(0).to(sc_dtype),
+        return (None, dproj, du if has_res else None, None,
+                dwp.reshape(sc_shape).to(sc_dtype), dbp.to(sc_dtype),
                 d_kf, d_kr, dbias.sum(0).to(b_dtype), d_k2f, d_k2r, d_b2)
+
+
+def _precision(x: torch.Tensor) -> str:
+    """fp32 activations get exact fp32 dots; bf16/fp16 ones tf32 (the kernels compute in fp32 regardless)."""
+    return "ieee" if x.dtype == torch.float32 else "tf32"
+
+
+def _short_conv_backward(mod, ds, proj, m, ms, scw, has_mask: bool, interpret: bool):
+    """d proj, d weight and d bias of the masked depthwise causal conv, given d of its output."""
+    bsz, seqlen, c = proj.shape
+    bc = min(64, _next_pow2(c))
+    n_cb = triton_cdiv(c, bc)
+    groups = _groups(bsz, n_cb, proj.device, interpret)
+    dproj = torch.empty_like(proj)
+    dwp = torch.empty(groups, c, 3, device=proj.device, dtype=torch.float32)
+    dbp = torch.empty(groups, c, device=proj.device, dtype=torch.float32)
+    mod.shortconv_bwd_kernel[(n_cb, groups)](
+        ds, proj, m, scw, dproj, dwp, dbp,
+        bsz, seqlen, c, groups,
+        *ds.stride(), *proj.stride(), *ms, *dproj.stride(),
+        HAS_MASK=has_mask, BL=64, BC=bc,
+    )
+    return dproj, dwp.sum(0), dbp.sum(0)
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -193,8 +288,8 @@ def triton_cdiv(a: int, b: int) -> int:
 
 
 def seq_mixer_conv_triton(proj, u, mask, sc_weight, sc_bias, k_fwd, k_rev, bias, k2_fwd=None, k2_rev=None,
-                          bias2=None):
-    """Same contract as :func:`reference`, computed by the fused Triton kernels."""
+                          bias2=None, algorithm: str = "auto"):
+    """Same contract as :func:`reference`, computed by the fused Triton kernels (``algorithm``: see :func:`plan`)."""
     seqlen = u.shape[1]
     k_fwd = k_fwd[:seqlen]
     k_rev = k_rev[:seqlen] if k_rev is not None else None
@@ -203,4 +298,5 @@ def seq_mixer_conv_triton(proj, u, mask, sc_weight, sc_bias, k_fwd, k_rev, bias,
         k2_rev = k2_rev[:seqlen] if k2_rev is not None else None
     if mask is not None:
         mask = mask.to(proj.dtype)
-    return _SeqMixerConv.apply(proj, u, mask, sc_weight, sc_bias, k_fwd, k_rev, bias, k2_fwd, k2_rev, bias2)
+    p = plan(seqlen, u.shape[-1], algorithm)
+    return _SeqMixerConv.apply(p, proj, u, mask, sc_weight, sc_bias, k_fwd, k_rev, bias, k2_fwd, k2_rev, bias2)

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from m2bert.kernels.seq_mixer_conv import plan, reference, seq_mixer_conv_triton
+from m2bert.kernels import dispatch
+from m2bert.kernels.seq_mixer_conv import MAX_SEQLEN, plan, reference, seq_mixer_conv_triton
 from tests.kernels.conftest import BF16_TOL, FP32_TOL, rel_err
 
 NAMES = ("proj", "u", "mask", "sc_weight", "sc_bias", "k_fwd", "k_rev", "bias", "k2_fwd", "k2_rev", "bias2")
@@ -34,8 +35,8 @@ def make(batch, seqlen, h, masked=True, residual=True, bidirectional=True, dtype
     return out
 
 
-def check(args, tol=FP32_TOL):
-    y = seq_mixer_conv_triton(*args)
+def check(args, tol=FP32_TOL, algorithm="auto"):
+    y = seq_mixer_conv_triton(*args, algorithm=algorithm)
     y_ref = reference(*args)
     assert y.shape == y_ref.shape and y.dtype == y_ref.dtype
     assert rel_err(y, y_ref) <= tol, "output"
@@ -62,15 +63,16 @@ def test_fp32_unmasked_variants(residual, bidirectional):
     check(make(2, 50, 12, masked=False, residual=residual, bidirectional=bidirectional))
 
 
-def test_bf16():
-    args = make(2, 64, 8)
+@pytest.mark.parametrize("algorithm", ["tile", "passes"])
+def test_bf16(algorithm):
+    args = make(2, 300, 8)
     # Activations (proj, u, mask) in bf16, parameters in fp32 holding the same bf16-rounded values;
     # the exact reference is fp64 math on those values.
     base = [t.detach().to(torch.bfloat16) if t is not None else None for t in args]
     exact = [t.double().requires_grad_(a.requires_grad) if t is not None else None for t, a in zip(base, args)]
     low = [(t if i < 3 else t.float()).requires_grad_(a.requires_grad) if t is not None else None
            for i, (t, a) in enumerate(zip(base, args))]
-    y = seq_mixer_conv_triton(*low)
+    y = seq_mixer_conv_triton(*low, algorithm=algorithm)
     assert y.dtype == torch.bfloat16
     y_exact = reference(*exact)
     assert rel_err(y, y_exact) <= BF16_TOL
@@ -82,8 +84,40 @@ def test_bf16():
         assert rel_err(a, b) <= BF16_TOL, NAMES[i]
 
 
+# The long-input algorithm (three passes through a scratch), forced at lengths the tiles also take,
+# with the same variety: padding, B = 1 and > 1, H not a multiple of the channel block, no residual.
+@pytest.mark.parametrize("batch,seqlen,h,kw", [
+    (3, 300, 8, {}),
+    (1, 513, 12, {}),
+    (2, 257, 24, dict(masked=False, residual=False)),
+    (2, 400, 8, dict(residual=True, bidirectional=False)),
+])
+def test_passes(batch, seqlen, h, kw):
+    check(make(batch, seqlen, h, **kw), algorithm="passes")
+
+
+def test_auto_takes_passes_for_long_inputs():
+    assert plan(1100, 8).algorithm == "passes"
+    check(make(1, 1100, 8))
+
+
 def test_plan():
-    assert plan(128, 768) == (16, 16, 16)
-    assert plan(100, 8) == (16, 16, 8)  # padded to N = 256, the smallest tl.dot-friendly size
-    n1, n2, _ = plan(1024, 768)
-    assert n1 * n2 == 2048 and min(n1, n2) >= 16
+    assert plan(128, 768) == plan(128, 768, "tile")
+    assert (plan(128, 768).n1, plan(128, 768).n2, plan(128, 768).bh) == (16, 16, 16)
+    assert plan(100, 8).n == 256  # padded to N = 256, the smallest tl.dot-friendly size
+    p = plan(1024, 768)
+    assert p.algorithm == "tile" and p.n == 2048 and min(p.n1, p.n2) >= 16
+    p = plan(8192, 768)
+    assert p.algorithm == "passes" and (p.n1, p.n2) == (128, 128) and p.bn2 * p.bh == p.bk1 * p.bh == 64
+    with pytest.raises(ValueError, match="needs a convolution size"):
+        plan(200, 8, "passes")
+    with pytest.raises(ValueError, match="use kernels: torch"):
+        plan(MAX_SEQLEN + 1, 8)
+
+
+def test_model_falls_back_beyond_the_longest_length(caplog):
+    assert dispatch.SEQ_MIXER_MAX_SEQLEN == MAX_SEQLEN
+    assert dispatch.seq_mixer_fits(MAX_SEQLEN)
+    with caplog.at_level("WARNING"):
+        assert not dispatch.seq_mixer_fits(MAX_SEQLEN + 1)
+    assert "runs in PyTorch" in caplog.text

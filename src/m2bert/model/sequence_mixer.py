@@ -90,7 +90,8 @@ class MonarchSequenceMixer(nn.Module):
             u = self.norm(u)
         seqlen = u.shape[1]
         proj = self.in_linear(u)
-        if kernels.use_triton(self.kernels, proj.device):  # fused short conv, gates, long convs (kernels/)
+        # Fused short conv, gates and long convs (kernels/), up to the kernels' longest length.
+        if kernels.use_triton(self.kernels, proj.device) and kernels.seq_mixer_fits(seqlen):
             k_fwd, k_rev = self.long_conv(seqlen)
             res = self.residual_long_conv
             k2_fwd, k2_rev = res(seqlen) if res is not None else (None, None)
