@@ -30,9 +30,9 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.lo
   [ $rc -eq 0 ] || status=1
 }
 : > "$OUT/summary.txt"
-step gpu_tests 120 "$PY" -m pytest tests/test_kernels_gpu.py -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml"
+step gpu_tests 150 "$PY" -m pytest tests/test_kernels_gpu.py -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml"
 # Writes its JSON after every measurement: a run cut by the limit keeps what it measured.
-step kernels_bench 180 "$PY" bench/kernels.py --json "$OUT/kernels.json" --repeats 10
+step kernels_bench 150 "$PY" bench/kernels.py --json "$OUT/kernels.json" --repeats 10
 LENGTHS=${LENGTHS:-128 512 2048 8192}
 step throughput_torch 50 "$PY" bench/throughput.py --device cuda --kernels torch --lengths $LENGTHS \
   --json "$OUT/throughput_torch.json"

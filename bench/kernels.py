@@ -9,6 +9,11 @@ after every measurement, so a run cut short by a time limit still leaves its res
 
     python bench/kernels.py --json bench/results/gpu/kernels.json            # bf16, B=32, H=768
     python bench/kernels.py --lengths 128 512 --no-compile --repeats 10
+    python bench/kernels.py --kernels seq_mixer_conv --warps 4 8   # also sweep num_warps
+
+The sequence mixer is measured with its default plan (``triton``) and, where the other
+algorithm also applies, with that one too (``triton_tile`` / ``triton_passes``): the data
+for choosing the tiles-to-passes threshold (``TILE_MAX_N`` in kernels/seq_mixer_conv.py).
 
 Needs a CUDA GPU: on a CPU it says so and exits (the kernels' CPU tests are ``make test``).
 """
@@ -65,7 +70,7 @@ def time_ms(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
 
 
 def seq_mixer_case(batch: int, length: int, h: int, dtype: torch.dtype, device: torch.device):
-    from m2bert.kernels.seq_mixer_conv import reference, seq_mixer_conv_triton
+    from m2bert.kernels.seq_mixer_conv import reference
 
     def p(*shape, scale=1.0):
         return (torch.randn(*shape, device=device) * scale).to(dtype).requires_grad_()
@@ -80,11 +85,31 @@ def seq_mixer_case(batch: int, length: int, h: int, dtype: torch.dtype, device: 
     # Least traffic: fwd reads proj (3) and u (1), writes y (1); bwd also reads dy, writes dproj and du.
     bytes_fwd = 5 * act
     bytes_fwdbwd = bytes_fwd + (3 + 1 + 1 + 3 + 1) * act
-    return seq_mixer_conv_triton, reference, args, bytes_fwd, bytes_fwdbwd
+    return reference, args, bytes_fwd, bytes_fwdbwd
+
+
+def seq_mixer_variants(length: int, h: int, warps: list[int] | None) -> dict[str, Callable[..., Any]]:
+    """``triton`` (the default plan) and the other algorithm where it applies, per num_warps asked for."""
+    from m2bert.kernels.seq_mixer_conv import PASSES_MIN_N, conv_size, plan, seq_mixer_conv_triton
+
+    n = conv_size(length)
+    default = plan(length, h).algorithm
+    algorithms = [("triton", "auto")]
+    if default != "tile" and n <= 4096:  # beyond, one tile per program is known to be too big
+        algorithms.append(("triton_tile", "tile"))
+    if default != "passes" and n >= PASSES_MIN_N:
+        algorithms.append(("triton_passes", "passes"))
+    out = {}
+    for name, algorithm in algorithms:
+        for w in warps or [None]:
+            def fn(*a, _alg=algorithm, _w=w):
+                return seq_mixer_conv_triton(*a, algorithm=_alg, warps=_w)
+            out[name if w is None else f"{name}_w{w}"] = fn
+    return out
 
 
 def glu_case(batch: int, length: int, h: int, dtype: torch.dtype, device: torch.device, nblocks: int = 4):
-    from m2bert.kernels.blockdiag_glu import monarch_glu_triton, reference
+    from m2bert.kernels.blockdiag_glu import reference
 
     i = 4 * h
     x = torch.randn(batch, length, h, device=device, dtype=dtype).requires_grad_()
@@ -98,7 +123,13 @@ def glu_case(batch: int, length: int, h: int, dtype: torch.dtype, device: torch.
     bytes_fwd = 2 * tokens * h * el + weights  # read x, write y (inference: nothing saved)
     # Training: fwd also writes act (I) and gate/value (2I); bwd reads dy, x, act, gv, writes dgv, dx, grads.
     bytes_fwdbwd = bytes_fwd + tokens * el * (3 * i + h + h + i + 2 * i + 2 * i + h) + 2 * weights
-    return monarch_glu_triton, reference, args, bytes_fwd, bytes_fwdbwd
+    return reference, args, bytes_fwd, bytes_fwdbwd
+
+
+def glu_variants(length: int, h: int, warps: list[int] | None) -> dict[str, Callable[..., Any]]:
+    from m2bert.kernels.blockdiag_glu import monarch_glu_triton
+
+    return {"triton": monarch_glu_triton}
 
 
 def measure(fn, args, warmup: int, repeats: int) -> dict[str, float]:
@@ -126,20 +157,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "batch": args.batch, "hidden": args.hidden, "dtype": args.dtype, "torch": torch.__version__,
         "bandwidth": peak, "kernels": {},
     }
-    cases = {"seq_mixer_conv": seq_mixer_case, "monarch_glu": glu_case}
+    cases = {"seq_mixer_conv": (seq_mixer_case, seq_mixer_variants), "monarch_glu": (glu_case, glu_variants)}
     for name in args.kernels:
         results["kernels"][name] = {}
     for length in args.lengths:  # lengths outer: a run cut short still has every kernel at the short lengths
         for name in args.kernels:
             row: dict[str, Any] = {}
             results["kernels"][name][str(length)] = row
+            case, variants = cases[name]
             try:
-                triton_fn, ref_fn, fargs, bytes_fwd, bytes_fwdbwd = cases[name](args.batch, length, args.hidden, dtype,
-                                                                                device)
+                ref_fn, fargs, bytes_fwd, bytes_fwdbwd = case(args.batch, length, args.hidden, dtype, device)
             except torch.cuda.OutOfMemoryError as e:
                 row["error"] = f"setup: {e}"[:300]
                 continue
-            impls = {"triton": triton_fn, "eager": ref_fn}
+            impls = {**variants(length, args.hidden, args.warps), "eager": ref_fn}
             if not args.no_compile:
                 impls["compiled"] = torch.compile(ref_fn)
             for impl, fn in impls.items():
@@ -152,6 +183,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 emit(results, args.json)
+            timed = {k: v for k, v in row.items() if k.startswith("triton") and "fwdbwd_ms" in v}
+            if timed:
+                row["fastest_triton_variant"] = min(timed, key=lambda k: timed[k]["fwdbwd_ms"])
             tri = row.get("triton", {})
             if "fwd_ms" in tri:
                 row["triton_fwd_gbps"] = round(bytes_fwd / (tri["fwd_ms"] * 1e-3) / 1e9, 1)
@@ -187,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hidden", type=int, default=768)
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd reference")
+    p.add_argument("--warps", type=int, nargs="+", default=None,
+                   help="also measure the sequence mixer with each of these num_warps (default: the plan's)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", default=None, help="write the results here too (rewritten after every measurement)")

@@ -85,6 +85,7 @@ class Plan:
     bh: int  # channels per program
     bn2: int = 0  # passes: n2 columns per program in passes 1 and 3
     bk1: int = 0  # passes: k1 rows per program in pass 2
+    warps: int = 4  # num_warps of the launches (the interpreter ignores it)
 
     @property
     def n(self) -> int:
@@ -96,8 +97,15 @@ def conv_size(seqlen: int) -> int:
     return max(256, _next_pow2(2 * seqlen))
 
 
-def plan(seqlen: int, channels: int, algorithm: str = "auto") -> Plan:
-    """The algorithm (``auto``: tiles up to N = TILE_MAX_N, passes above), DFT factors and blocks."""
+def _warps(tile_elements: int) -> int:
+    # Every program keeps a dozen fp32 tiles live; 8 warps halve the registers per thread of big ones.
+    return 8 if tile_elements >= 4096 else 4
+
+
+def plan(seqlen: int, channels: int, algorithm: str = "auto", warps: int | None = None) -> Plan:
+    """The algorithm (``auto``: tiles up to N = TILE_MAX_N, passes above), DFT factors and blocks.
+
+    ``warps`` overrides the launches' num_warps (bench/kernels.py --warps compares them)."""
     n = conv_size(seqlen)
     if n > MAX_N:
         raise ValueError(f"sequence length {seqlen} > {MAX_SEQLEN}, the longest the fused sequence-mixer kernels "
@@ -108,13 +116,15 @@ def plan(seqlen: int, channels: int, algorithm: str = "auto") -> Plan:
     n2 = n // n1
     bh = min(16, _next_pow2(channels))
     if algorithm == "tile":
-        return Plan("tile", n1, n2, min(bh, max(1, 8192 // n)))
+        bh = min(bh, max(1, 8192 // n))
+        return Plan("tile", n1, n2, bh, warps=warps or _warps(n * bh))
     if algorithm == "passes":
         if n < PASSES_MIN_N:
             raise ValueError(f"algorithm 'passes' needs a convolution size N ≥ {PASSES_MIN_N} "
                              f"(sequence length > {PASSES_MIN_N // 4}); got L = {seqlen}")
         cols = 64  # BN2·BH and BK1·BH: the width of every stage's GEMM
-        return Plan("passes", n1, n2, bh, bn2=min(n2, max(1, cols // bh)), bk1=min(n1, max(1, cols // bh)))
+        bn2, bk1 = min(n2, max(1, cols // bh)), min(n1, max(1, cols // bh))
+        return Plan("passes", n1, n2, bh, bn2, bk1, warps=warps or _warps(max(n1 * bn2, n2 * bk1) * bh))
     raise ValueError(f"algorithm={algorithm!r}; choose auto, tile or passes")
 
 
@@ -171,7 +181,7 @@ class _SeqMixerConv(torch.autograd.Function):
         if p.algorithm == "tile":
             mod.seqmix_fwd_kernel[(n_hb, bsz)](
                 proj, u, m, scw, scb, kr, ki, bias_c, k2r, k2i, bias2_c, *consts, y,
-                seqlen, h, *proj.stride(), *u.stride(), *ms, *y.stride(), **flags)
+                seqlen, h, *proj.stride(), *u.stride(), *ms, *y.stride(), num_warps=p.warps, **flags)
         else:
             c1, s1, c2, s2, twr, twi = consts
             scratch = torch.empty(2 if has_res else 1, 2, bsz, p.n1, p.n2, h, device=u.device, dtype=torch.float32)
@@ -179,13 +189,13 @@ class _SeqMixerConv(torch.autograd.Function):
             cols = (n_hb, p.n2 // p.bn2, bsz)
             mod.long_fwd_pass1[cols](
                 proj, u, m, scw, scb, c1, s1, twr, twi, sw[0], sw[1], su[0], su[1],
-                seqlen, h, *proj.stride(), *u.stride(), *ms, BN2=p.bn2, **flags)
+                seqlen, h, *proj.stride(), *u.stride(), *ms, BN2=p.bn2, num_warps=p.warps, **flags)
             mod.long_fwd_pass2[(n_hb, p.n1 // p.bk1, bsz)](
                 sw[0], sw[1], su[0], su[1], kr, ki, k2r, k2i, c2, s2, twr, twi, h,
-                HAS_RES=has_res, N1=p.n1, N2=p.n2, BH=p.bh, BK1=p.bk1, PREC=flags["PREC"])
+                HAS_RES=has_res, N1=p.n1, N2=p.n2, BH=p.bh, BK1=p.bk1, PREC=flags["PREC"], num_warps=p.warps)
             mod.long_fwd_pass3[cols](
                 proj, u, m, scw, scb, bias_c, bias2_c, c1, s1, sw[0], sw[1], su[0], su[1], y,
-                seqlen, h, *proj.stride(), *u.stride(), *ms, *y.stride(), BN2=p.bn2, **flags)
+                seqlen, h, *proj.stride(), *u.stride(), *ms, *y.stride(), BN2=p.bn2, num_warps=p.warps, **flags)
         ctx.save_for_backward(proj, u, mask, scw, scb, kr, ki, bias_c, k2r, k2i, bias2_c)
         ctx.plan = p
         ctx.meta = (has_res, k_rev is not None, k2_rev is not None if has_res else False,
@@ -218,7 +228,7 @@ class _SeqMixerConv(torch.autograd.Function):
                 proj, u, m, scw, scb, kr, ki, bias, k2r, k2i, bias2, *consts,
                 dy, ds, du, gk, gk2, dbias, dbias2,
                 bsz, seqlen, h, groups,
-                *proj.stride(), *u.stride(), *ms, *dy.stride(), *ds.stride(), *du.stride(), **flags)
+                *proj.stride(), *u.stride(), *ms, *dy.stride(), *ds.stride(), *du.stride(), num_warps=p.warps, **flags)
         else:
             c1, s1, c2, s2, twr, twi = consts
             scratch = torch.empty(4 if has_res else 2, 2, bsz, p.n1, p.n2, h, device=dev, dtype=torch.float32)
@@ -226,21 +236,22 @@ class _SeqMixerConv(torch.autograd.Function):
             n_cols = p.n2 // p.bn2
             mod.long_bwd_pass1[(n_hb, n_cols, bsz)](
                 proj, u, m, scw, scb, dy, c1, s1, twr, twi, sw[0], sw[1], sz[0], sz[1], su[0], su[1], sy[0], sy[1],
-                seqlen, h, *proj.stride(), *u.stride(), *ms, *dy.stride(), BN2=p.bn2, **flags)
+                seqlen, h, *proj.stride(), *u.stride(), *ms, *dy.stride(), BN2=p.bn2, num_warps=p.warps, **flags)
             groups = _groups(bsz, n_hb * (p.n1 // p.bk1), dev, interpret)
             gk = torch.empty(2, groups, p.n, h, device=dev, dtype=torch.float32)
             gk2 = torch.empty_like(gk) if has_res else gk
             mod.long_bwd_pass2[(n_hb, p.n1 // p.bk1, groups)](
                 sw[0], sw[1], sz[0], sz[1], su[0], su[1], sy[0], sy[1], kr, ki, k2r, k2i, c2, s2, twr, twi,
                 gk[0], gk[1], gk2[0], gk2[1], bsz, h, groups,
-                HAS_RES=has_res, N1=p.n1, N2=p.n2, BH=p.bh, BK1=p.bk1, PREC=flags["PREC"])
+                HAS_RES=has_res, N1=p.n1, N2=p.n2, BH=p.bh, BK1=p.bk1, PREC=flags["PREC"], num_warps=p.warps)
             groups3 = _groups(bsz, n_hb * n_cols, dev, interpret)
             dbias = torch.empty(groups3 * n_cols, h, device=dev, dtype=torch.float32)
             dbias2 = torch.empty_like(dbias) if has_res else dbias
             mod.long_bwd_pass3[(n_hb, n_cols, groups3)](
                 proj, u, m, scw, scb, bias, bias2, dy, c1, s1, sw[0], sw[1], sz[0], sz[1], su[0], su[1],
                 ds, du, dbias, dbias2, bsz, seqlen, h, groups3,
-                *proj.stride(), *u.stride(), *ms, *dy.stride(), *ds.stride(), *du.stride(), BN2=p.bn2, **flags)
+                *proj.stride(), *u.stride(), *ms, *dy.stride(), *ds.stride(), *du.stride(), BN2=p.bn2,
+                num_warps=p.warps, **flags)
         dproj, dwp, dbp = _short_conv_backward(mod, ds, proj, m, ms, scw, mask is not None, interpret)
 
         def filter_grads(parts: torch.Tensor, rev: bool):
@@ -288,7 +299,7 @@ def triton_cdiv(a: int, b: int) -> int:
 
 
 def seq_mixer_conv_triton(proj, u, mask, sc_weight, sc_bias, k_fwd, k_rev, bias, k2_fwd=None, k2_rev=None,
-                          bias2=None, algorithm: str = "auto"):
+                          bias2=None, algorithm: str = "auto", warps: int | None = None):
     """Same contract as :func:`reference`, computed by the fused Triton kernels (``algorithm``: see :func:`plan`)."""
     seqlen = u.shape[1]
     k_fwd = k_fwd[:seqlen]
@@ -298,5 +309,5 @@ def seq_mixer_conv_triton(proj, u, mask, sc_weight, sc_bias, k_fwd, k_rev, bias,
         k2_rev = k2_rev[:seqlen] if k2_rev is not None else None
     if mask is not None:
         mask = mask.to(proj.dtype)
-    p = plan(seqlen, u.shape[-1], algorithm)
+    p = plan(seqlen, u.shape[-1], algorithm, warps)
     return _SeqMixerConv.apply(p, proj, u, mask, sc_weight, sc_bias, k_fwd, k_rev, bias, k2_fwd, k2_rev, bias2)

@@ -95,7 +95,7 @@ def test_gpu_scripts_explain_on_cpu(tmp_path):
 def test_kernel_bench_smoke_on_cpu(tmp_path):
     """bench/kernels.py end to end on tiny shapes with the interpreter (its times mean nothing)."""
     out = tmp_path / "k.json"
-    proc = _run(["bench/kernels.py", "--device", "cpu", "--lengths", "16", "--batch", "1", "--hidden", "8",
+    proc = _run(["bench/kernels.py", "--device", "cpu", "--lengths", "16", "300", "--batch", "1", "--hidden", "8",
                  "--dtype", "fp32", "--no-compile", "--repeats", "1", "--warmup", "0", "--json", str(out)],
                 {"TRITON_INTERPRET": "1"}, 300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -105,3 +105,5 @@ def test_kernel_bench_smoke_on_cpu(tmp_path):
     for name in ("seq_mixer_conv", "monarch_glu"):
         row = res["kernels"][name]["16"]
         assert "fwdbwd_ms" in row["triton"] and "fwdbwd_ms" in row["eager"], row
+    row = res["kernels"]["seq_mixer_conv"]["300"]  # tiles by default; the passes measured beside them
+    assert "fwdbwd_ms" in row["triton_passes"] and row["fastest_triton_variant"] in ("triton", "triton_passes"), row

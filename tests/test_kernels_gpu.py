@@ -21,23 +21,33 @@ def to_cuda(args):
     return [None if t is None else t.detach().cuda().requires_grad_(t.requires_grad) for t in args]
 
 
-@pytest.mark.parametrize("batch,seqlen,h", [(2, 100, 24), (2, 128, 768), (1, 1024, 64)])
+# Tiles (L ≤ 1024) and passes (forced at 600, and auto beyond 1024, up to the longest length).
+@pytest.mark.parametrize("batch,seqlen,h,algorithm", [
+    (2, 100, 24, "auto"), (2, 128, 768, "auto"), (1, 1024, 64, "auto"), (2, 600, 40, "passes"),
+    (2, 4000, 64, "auto"), (1, 8192, 768, "auto"),
+])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_seq_mixer_conv(batch, seqlen, h, dtype):
-    from tests.kernels.test_seq_mixer_conv import check, make
+def test_seq_mixer_conv(batch, seqlen, h, algorithm, dtype):
+    from m2bert.kernels.seq_mixer_conv import reference, seq_mixer_conv_triton
+    from tests.kernels.test_seq_mixer_conv import NAMES, check, make
 
     args = to_cuda(make(batch, seqlen, h))
     if dtype == torch.float32:
-        check(args)
-    else:  # bf16 activations vs the fp32 reference on the same rounded values
-        from m2bert.kernels.seq_mixer_conv import reference, seq_mixer_conv_triton
-
-        low = [t.detach().to(dtype).requires_grad_(t.requires_grad) if i < 3 and t is not None else t
-               for i, t in enumerate(args)]
-        exact = [t.detach().float().requires_grad_(t.requires_grad) if i < 3 and t is not None else t
-                 for i, t in enumerate(low)]
-        y, y_ref = seq_mixer_conv_triton(*low), reference(*exact)
-        assert tol.rel_err(y, y_ref) <= tol.BF16_TOL
+        check(args, algorithm=algorithm)
+        return
+    # bf16 activations vs the fp32 reference on the same rounded values
+    low = [t.detach().to(dtype).requires_grad_(t.requires_grad) if i < 3 and t is not None else t
+           for i, t in enumerate(args)]
+    exact = [t.detach().float().requires_grad_(t.requires_grad) if i < 3 and t is not None else t
+             for i, t in enumerate(low)]
+    y, y_ref = seq_mixer_conv_triton(*low, algorithm=algorithm), reference(*exact)
+    assert tol.rel_err(y, y_ref) <= tol.BF16_TOL
+    dy = torch.randn_like(y_ref)
+    idx = [i for i in range(3) if low[i] is not None and low[i].requires_grad]
+    g = torch.autograd.grad(y, [low[i] for i in idx], dy.to(dtype))
+    g_ref = torch.autograd.grad(y_ref, [exact[i] for i in idx], dy)
+    for i, a, b in zip(idx, g, g_ref):
+        assert tol.rel_err(a, b) <= tol.BF16_TOL, NAMES[i]
 
 
 @pytest.mark.parametrize("shape", [(2, 37, 24, 96, 4), (4, 128, 768, 3072, 4)])
