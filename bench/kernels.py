@@ -15,7 +15,12 @@ The sequence mixer is measured with its default plan (``triton``) and, where the
 algorithm also applies, with that one too (``triton_tile`` / ``triton_passes``): the data
 for choosing the tiles-to-passes threshold (``TILE_MAX_N`` in kernels/seq_mixer_conv.py).
 
-Needs a CUDA GPU: on a CPU it says so and exits (the kernels' CPU tests are ``make test``).
+Needs a CUDA GPU: on a CPU it says so and exits (the kernels' CPU tests are ``make test``),
+except with ``--compile-for ARCH``, which runs anywhere: every variant above is compiled for
+sm_ARCH instead of launched (kernels/aot.py), forward and backward, and each kernel's shared
+memory, registers and spills are reported; exit 1 if one does not compile or does not fit.
+
+    python bench/kernels.py --compile-for 90 --json bench/results/compile_sm90.json
 """
 from __future__ import annotations
 
@@ -95,7 +100,7 @@ def seq_mixer_variants(length: int, h: int, warps: list[int] | None) -> dict[str
     n = conv_size(length)
     default = plan(length, h).algorithm
     algorithms = [("triton", "auto")]
-    if default != "tile" and n <= 4096:  # beyond, one tile per program is known to be too big
+    if default != "tile" and n <= 2048:  # beyond, a whole-sequence tile spills without end
         algorithms.append(("triton_tile", "tile"))
     if default != "passes" and n >= PASSES_MIN_N:
         algorithms.append(("triton_passes", "passes"))
@@ -204,6 +209,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def compile_report(args: argparse.Namespace) -> dict[str, Any]:
+    """--compile-for: what every variant's kernels need on sm_ARCH, without a GPU (batch 2: the
+    compiled code does not depend on the batch size, and CPU memory stays small)."""
+    from m2bert.kernels.aot import compile_only
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    results: dict[str, Any] = {"benchmark": f"Triton kernels compiled for sm_{args.compile_for} (no launch)",
+                               "hidden": args.hidden, "dtype": args.dtype, "launches": [], "errors": []}
+    cases = {"seq_mixer_conv": (seq_mixer_case, seq_mixer_variants), "monarch_glu": (glu_case, glu_variants)}
+    for length in args.lengths:
+        for name in args.kernels:
+            case, variants = cases[name]
+            _, fargs, _, _ = case(2, length, args.hidden, dtype, torch.device("cpu"))
+            grads_of = [a for a in fargs if isinstance(a, torch.Tensor) and a.requires_grad]
+            for impl, fn in variants(length, args.hidden, args.warps).items():
+                where = {"kernel_family": name, "length": length, "variant": impl}
+                with compile_only(args.compile_for) as launches:
+                    try:
+                        out = fn(*fargs)
+                        torch.autograd.grad(out, grads_of, torch.zeros_like(out))
+                    except Exception as e:  # a compile error is the finding
+                        results["errors"].append({**where, "error": f"{type(e).__name__}: {e}"[:1000]})
+                results["launches"] += [{**where, **launch.as_dict()} for launch in launches]
+                emit(results, args.json)
+    results["all_fit"] = not results["errors"] and all(x["fits"] for x in results["launches"])
+    return results
+
+
 def emit(results: dict[str, Any], path: str | None) -> None:
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -226,9 +259,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", default=None, help="write the results here too (rewritten after every measurement)")
+    p.add_argument("--compile-for", type=int, default=None, metavar="ARCH",
+                   help="no GPU needed: compile for sm_ARCH (90: H100/H200, 80: A100) and report resources")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: a smoke run of this script under
     # TRITON_INTERPRET=1 (tests/test_kernels.py); its times mean nothing
     args = p.parse_args(argv)
+    if args.compile_for is not None:
+        results = compile_report(args)
+        emit(results, args.json)
+        print(json.dumps(results, indent=2))
+        sys.exit(0 if results["all_fit"] else 1)
     if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
         pass
     elif not torch.cuda.is_available():

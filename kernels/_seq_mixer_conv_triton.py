@@ -32,6 +32,18 @@ def _load_mat_t(ptr, R: tl.constexpr, C: tl.constexpr):
 
 
 @triton.jit
+def _load_pair(re_ptr, im_ptr, offs, mask):
+    """Real and imaginary parts of a scratch tile."""
+    return tl.load(re_ptr + offs, mask=mask, other=0.0), tl.load(im_ptr + offs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_pair(re_ptr, im_ptr, offs, re, im, mask):
+    tl.store(re_ptr + offs, re, mask=mask)
+    tl.store(im_ptr + offs, im, mask=mask)
+
+
+@triton.jit
 def _dft_real(x, c1, s1, c2, s2, twr, twi,
               N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr):
     """DFT along the rows of a real (N1·N2, BH) tile; natural-order output (re, im)."""
@@ -87,6 +99,22 @@ def _short_conv(p_ptr, m_ptr, w_ptr, b_ptr, offs_n, cols, cmask, L, s_pl, s_pc, 
 
 
 @triton.jit
+def _gated_input(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, rows, offs_h, hmask, L, H, s_pl, s_pc, s_ml,
+                 HAS_MASK: tl.constexpr, R: tl.constexpr, BH: tl.constexpr):
+    """x1, x2, v (short conv outputs), the row mask m and w = v·x1·m (zero outside the sequence)."""
+    x1 = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, offs_h, hmask, L, s_pl, s_pc, s_ml, HAS_MASK, R, BH)
+    x2 = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, H + offs_h, hmask, L, s_pl, s_pc, s_ml, HAS_MASK, R, BH)
+    v = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, 2 * H + offs_h, hmask, L, s_pl, s_pc, s_ml, HAS_MASK,
+                    R, BH)
+    if HAS_MASK:
+        m = tl.load(m_ptr + offs_n * s_ml, mask=rows, other=0.0).to(tl.float32)[:, None]
+    else:
+        m = rows.to(tl.float32)[:, None]
+    w = tl.where(rows[:, None] & hmask[None, :], v * x1 * m, 0.0)
+    return x1, x2, v, m, w
+
+
+@triton.jit
 def seqmix_fwd_kernel(
     proj_ptr, u_ptr, mask_ptr, scw_ptr, scb_ptr,
     kr_ptr, ki_ptr, bias_ptr, k2r_ptr, k2i_ptr, bias2_ptr,
@@ -114,21 +142,12 @@ def seqmix_fwd_kernel(
     twr_t = _load_mat_t(twr_ptr, N1, N2)
     twi_t = _load_mat_t(twi_ptr, N1, N2)
 
-    p_ptr = proj_ptr + b * s_pb
-    m_ptr = mask_ptr + b * s_mb
-    x1 = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, offs_h, hmask, L, s_pl, s_pc, s_ml, HAS_MASK, N, BH)
-    x2 = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, H + offs_h, hmask, L, s_pl, s_pc, s_ml, HAS_MASK, N, BH)
-    v = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, 2 * H + offs_h, hmask, L, s_pl, s_pc, s_ml, HAS_MASK, N, BH)
-    if HAS_MASK:
-        m = tl.load(m_ptr + offs_n * s_ml, mask=rows, other=0.0).to(tl.float32)[:, None]
-    else:
-        m = rows.to(tl.float32)[:, None]
-    w = tl.where(tile_mask, v * x1 * m, 0.0)
+    _, x2, _, m, w = _gated_input(proj_ptr + b * s_pb, mask_ptr + b * s_mb, scw_ptr, scb_ptr, offs_n, rows, offs_h,
+                                  hmask, L, H, s_pl, s_pc, s_ml, HAS_MASK, N, BH)
 
     spec = offs_n[:, None] * H + offs_h[None, :]
     wr, wi = _dft_real(w, c1, s1, c2, s2, twr, twi, N1, N2, BH, PREC)
-    kr = tl.load(kr_ptr + spec, mask=hmask[None, :], other=0.0)
-    ki = tl.load(ki_ptr + spec, mask=hmask[None, :], other=0.0)
+    kr, ki = _load_pair(kr_ptr, ki_ptr, spec, hmask[None, :])
     c = _idft_real(wr * kr - wi * ki, wr * ki + wi * kr, c1, s1, c2, s2, twr_t, twi_t, N1, N2, BH, PREC)
     bias = tl.load(bias_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
     y = (c + w * bias) * x2
@@ -136,8 +155,7 @@ def seqmix_fwd_kernel(
         ui = tl.load(u_ptr + b * s_ub + offs_n[:, None] * s_ul + offs_h[None, :] * s_uc, mask=tile_mask,
                      other=0.0).to(tl.float32) * m
         ur, uim = _dft_real(ui, c1, s1, c2, s2, twr, twi, N1, N2, BH, PREC)
-        k2r = tl.load(k2r_ptr + spec, mask=hmask[None, :], other=0.0)
-        k2i = tl.load(k2i_ptr + spec, mask=hmask[None, :], other=0.0)
+        k2r, k2i = _load_pair(k2r_ptr, k2i_ptr, spec, hmask[None, :])
         c2v = _idft_real(ur * k2r - uim * k2i, ur * k2i + uim * k2r, c1, s1, c2, s2, twr_t, twi_t, N1, N2, BH, PREC)
         bias2 = tl.load(bias2_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
         y += c2v + ui * bias2
@@ -155,14 +173,16 @@ def seqmix_bwd_kernel(
     B, L, H, G,
     s_pb, s_pl, s_pc, s_ub, s_ul, s_uc, s_mb, s_ml, s_db, s_dl, s_dc,
     s_sb, s_sl, s_sc, s_qb, s_ql, s_qc,
-    HAS_MASK: tl.constexpr, HAS_RES: tl.constexpr,
+    HAS_MASK: tl.constexpr,
     N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Gradients of one channel block over the batch rows g, g+G, ...: ds (the short conv's output
-    gradient, for :func:`shortconv_bwd_kernel`), du, and per-group partial sums of the filter
-    spectra gradients Σ_b DZ·conj(W) and of the skip weights."""
+    """Gradients of one channel block over the batch rows g, g+G, ... . Program axis 1 is conv·G + g:
+    conv 0, the gated long convolution, writes ds (the short conv's output gradient, for
+    :func:`shortconv_bwd_kernel`); conv 1, the residual one, writes du. Each also writes its per-group
+    partial sums of the filter-spectrum gradient Σ_b DZ·conj(W) and of its skip weight."""
     pid_h = tl.program_id(0)
-    g = tl.program_id(1)
+    conv = tl.program_id(1) // G
+    g = tl.program_id(1) % G
     N: tl.constexpr = N1 * N2
     offs_n = tl.arange(0, N)
     offs_h = pid_h * BH + tl.arange(0, BH)
@@ -178,70 +198,59 @@ def seqmix_bwd_kernel(
     twr_t = _load_mat_t(twr_ptr, N1, N2)
     twi_t = _load_mat_t(twi_ptr, N1, N2)
     spec = offs_n[:, None] * H + offs_h[None, :]
-    kr = tl.load(kr_ptr + spec, mask=hmask[None, :], other=0.0)
-    ki = tl.load(ki_ptr + spec, mask=hmask[None, :], other=0.0)
-    bias = tl.load(bias_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
-    if HAS_RES:
-        k2r = tl.load(k2r_ptr + spec, mask=hmask[None, :], other=0.0)
-        k2i = tl.load(k2i_ptr + spec, mask=hmask[None, :], other=0.0)
-        bias2 = tl.load(bias2_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
     gkr = tl.zeros((N, BH), dtype=tl.float32)
     gki = tl.zeros((N, BH), dtype=tl.float32)
-    gk2r = tl.zeros((N, BH), dtype=tl.float32)
-    gk2i = tl.zeros((N, BH), dtype=tl.float32)
     dbias = tl.zeros((BH,), dtype=tl.float32)
-    dbias2 = tl.zeros((BH,), dtype=tl.float32)
-    for b in range(g, B, G):
-        p_ptr = proj_ptr + b * s_pb
-        m_ptr = mask_ptr + b * s_mb
-        x1 = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, offs_h, hmask, L, s_pl, s_pc, s_ml, HAS_MASK, N, BH)
-        x2 = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, H + offs_h, hmask, L, s_pl, s_pc, s_ml,
-                         HAS_MASK, N, BH)
-        v = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, 2 * H + offs_h, hmask, L, s_pl, s_pc, s_ml,
-                        HAS_MASK, N, BH)
-        if HAS_MASK:
-            m = tl.load(m_ptr + offs_n * s_ml, mask=rows, other=0.0).to(tl.float32)[:, None]
-        else:
-            m = rows.to(tl.float32)[:, None]
-        w = tl.where(tile_mask, v * x1 * m, 0.0)
-        wr, wi = _dft_real(w, c1, s1, c2, s2, twr, twi, N1, N2, BH, PREC)
-        c = _idft_real(wr * kr - wi * ki, wr * ki + wi * kr, c1, s1, c2, s2, twr_t, twi_t, N1, N2, BH, PREC)
-        dy = tl.load(dy_ptr + b * s_db + offs_n[:, None] * s_dl + offs_h[None, :] * s_dc, mask=tile_mask,
-                     other=0.0).to(tl.float32)
-        dx2 = dy * (c + w * bias)
-        dz = dy * x2
-        dzr, dzi = _dft_real(dz, c1, s1, c2, s2, twr, twi, N1, N2, BH, PREC)
-        gkr += dzr * wr + dzi * wi
-        gki += dzi * wr - dzr * wi
-        dw = _idft_real(dzr * kr + dzi * ki, dzi * kr - dzr * ki, c1, s1, c2, s2, twr_t, twi_t,
-                        N1, N2, BH, PREC) + dz * bias
-        dbias += tl.sum(dz * w, axis=0)
-        dw = dw * m
-        s_base = ds_ptr + b * s_sb + offs_n[:, None] * s_sl
-        dt = ds_ptr.dtype.element_ty
-        tl.store(s_base + offs_h[None, :] * s_sc, (dw * v).to(dt), mask=tile_mask)
-        tl.store(s_base + (H + offs_h[None, :]) * s_sc, dx2.to(dt), mask=tile_mask)
-        tl.store(s_base + (2 * H + offs_h[None, :]) * s_sc, (dw * x1).to(dt), mask=tile_mask)
-        if HAS_RES:
+    if conv == 0:
+        kr, ki = _load_pair(kr_ptr, ki_ptr, spec, hmask[None, :])
+        bias = tl.load(bias_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
+        for b in range(g, B, G):
+            x1, x2, v, m, w = _gated_input(proj_ptr + b * s_pb, mask_ptr + b * s_mb, scw_ptr, scb_ptr, offs_n, rows,
+                                           offs_h, hmask, L, H, s_pl, s_pc, s_ml, HAS_MASK, N, BH)
+            wr, wi = _dft_real(w, c1, s1, c2, s2, twr, twi, N1, N2, BH, PREC)
+            c = _idft_real(wr * kr - wi * ki, wr * ki + wi * kr, c1, s1, c2, s2, twr_t, twi_t, N1, N2, BH, PREC)
+            dy = tl.load(dy_ptr + b * s_db + offs_n[:, None] * s_dl + offs_h[None, :] * s_dc, mask=tile_mask,
+                         other=0.0).to(tl.float32)
+            dx2 = dy * (c + w * bias)
+            dz = dy * x2
+            dzr, dzi = _dft_real(dz, c1, s1, c2, s2, twr, twi, N1, N2, BH, PREC)
+            gkr += dzr * wr + dzi * wi
+            gki += dzi * wr - dzr * wi
+            dw = _idft_real(dzr * kr + dzi * ki, dzi * kr - dzr * ki, c1, s1, c2, s2, twr_t, twi_t,
+                            N1, N2, BH, PREC) + dz * bias
+            dbias += tl.sum(dz * w, axis=0)
+            dw = dw * m
+            s_base = ds_ptr + b * s_sb + offs_n[:, None] * s_sl
+            dt = ds_ptr.dtype.element_ty
+            tl.store(s_base + offs_h[None, :] * s_sc, (dw * v).to(dt), mask=tile_mask)
+            tl.store(s_base + (H + offs_h[None, :]) * s_sc, dx2.to(dt), mask=tile_mask)
+            tl.store(s_base + (2 * H + offs_h[None, :]) * s_sc, (dw * x1).to(dt), mask=tile_mask)
+    else:
+        kr, ki = _load_pair(k2r_ptr, k2i_ptr, spec, hmask[None, :])
+        bias = tl.load(bias2_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
+        for b in range(g, B, G):
+            if HAS_MASK:
+                m = tl.load(mask_ptr + b * s_mb + offs_n * s_ml, mask=rows, other=0.0).to(tl.float32)[:, None]
+            else:
+                m = rows.to(tl.float32)[:, None]
             ui = tl.load(u_ptr + b * s_ub + offs_n[:, None] * s_ul + offs_h[None, :] * s_uc, mask=tile_mask,
                          other=0.0).to(tl.float32) * m
             ur, uim = _dft_real(ui, c1, s1, c2, s2, twr, twi, N1, N2, BH, PREC)
+            dy = tl.load(dy_ptr + b * s_db + offs_n[:, None] * s_dl + offs_h[None, :] * s_dc, mask=tile_mask,
+                         other=0.0).to(tl.float32)
             dyr, dyi = _dft_real(dy, c1, s1, c2, s2, twr, twi, N1, N2, BH, PREC)
-            gk2r += dyr * ur + dyi * uim
-            gk2i += dyi * ur - dyr * uim
-            dui = _idft_real(dyr * k2r + dyi * k2i, dyi * k2r - dyr * k2i, c1, s1, c2, s2, twr_t, twi_t,
-                             N1, N2, BH, PREC) + dy * bias2
-            dbias2 += tl.sum(dy * ui, axis=0)
+            gkr += dyr * ur + dyi * uim
+            gki += dyi * ur - dyr * uim
+            dui = _idft_real(dyr * kr + dyi * ki, dyi * kr - dyr * ki, c1, s1, c2, s2, twr_t, twi_t,
+                             N1, N2, BH, PREC) + dy * bias
+            dbias += tl.sum(dy * ui, axis=0)
             tl.store(du_ptr + b * s_qb + offs_n[:, None] * s_ql + offs_h[None, :] * s_qc,
                      (dui * m).to(du_ptr.dtype.element_ty), mask=tile_mask)
+        gk_ptr = gk2_ptr
+        dbias_ptr = dbias2_ptr
     part = g * N * H + spec
-    tl.store(gk_ptr + part, gkr, mask=hmask[None, :])
-    tl.store(gk_ptr + G * N * H + part, gki, mask=hmask[None, :])
+    _store_pair(gk_ptr, gk_ptr + G * N * H, part, gkr, gki, hmask[None, :])
     tl.store(dbias_ptr + g * H + offs_h, dbias, mask=hmask)
-    if HAS_RES:
-        tl.store(gk2_ptr + part, gk2r, mask=hmask[None, :])
-        tl.store(gk2_ptr + G * N * H + part, gk2i, mask=hmask[None, :])
-        tl.store(dbias2_ptr + g * H + offs_h, dbias2, mask=hmask)
 
 
 @triton.jit
@@ -414,22 +423,6 @@ def _row_twiddles(twr_ptr, twi_ptr, i0, N2: tl.constexpr, BK1: tl.constexpr):
 
 
 @triton.jit
-def _gated_input(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, rows, offs_h, hmask, L, H, s_pl, s_pc, s_ml,
-                 HAS_MASK: tl.constexpr, R: tl.constexpr, BH: tl.constexpr):
-    """x1, x2, v (short conv outputs), the row mask m and w = v·x1·m (zero outside the sequence)."""
-    x1 = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, offs_h, hmask, L, s_pl, s_pc, s_ml, HAS_MASK, R, BH)
-    x2 = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, H + offs_h, hmask, L, s_pl, s_pc, s_ml, HAS_MASK, R, BH)
-    v = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, 2 * H + offs_h, hmask, L, s_pl, s_pc, s_ml, HAS_MASK,
-                    R, BH)
-    if HAS_MASK:
-        m = tl.load(m_ptr + offs_n * s_ml, mask=rows, other=0.0).to(tl.float32)[:, None]
-    else:
-        m = rows.to(tl.float32)[:, None]
-    w = tl.where(rows[:, None] & hmask[None, :], v * x1 * m, 0.0)
-    return x1, x2, v, m, w
-
-
-@triton.jit
 def long_fwd_pass1(
     proj_ptr, u_ptr, mask_ptr, scw_ptr, scb_ptr, c1_ptr, s1_ptr, twr_ptr, twi_ptr,
     swr_ptr, swi_ptr, sur_ptr, sui_ptr,
@@ -453,27 +446,28 @@ def long_fwd_pass1(
     offs = tl.cast(b, tl.int64) * N1 * N2 * H + _column_offsets(j0, offs_h, H, N1, N2, BN2)
     smask = hmask[None, None, :]
     ar, ai = _stage1(w, c1h, s1h, twr, twi, N1, BN2, BH, PREC)
-    tl.store(swr_ptr + offs, ar, mask=smask)
-    tl.store(swi_ptr + offs, ai, mask=smask)
+    _store_pair(swr_ptr, swi_ptr, offs, ar, ai, smask)
     if HAS_RES:
         ui = tl.load(u_ptr + b * s_ub + offs_n[:, None] * s_ul + offs_h[None, :] * s_uc,
                      mask=rows[:, None] & hmask[None, :], other=0.0).to(tl.float32) * m
         ar, ai = _stage1(ui, c1h, s1h, twr, twi, N1, BN2, BH, PREC)
-        tl.store(sur_ptr + offs, ar, mask=smask)
-        tl.store(sui_ptr + offs, ai, mask=smask)
+        _store_pair(sur_ptr, sui_ptr, offs, ar, ai, smask)
 
 
 @triton.jit
 def long_fwd_pass2(
     swr_ptr, swi_ptr, sur_ptr, sui_ptr, kr_ptr, ki_ptr, k2r_ptr, k2i_ptr, c2_ptr, s2_ptr, twr_ptr, twi_ptr,
-    H,
-    HAS_RES: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, BK1: tl.constexpr,
-    PREC: tl.constexpr,
+    B, H,
+    N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, BK1: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Second DFT stage, product with the filter spectrum, first inverse stage; in place, per block of k1 rows."""
+    """Second DFT stage, product with the filter spectrum, first inverse stage; in place, per block of k1
+    rows. Program axis 2 is conv·B + b: conv 0 is the gated long convolution, 1 the residual one."""
     pid_h = tl.program_id(0)
     i0 = tl.program_id(1) * BK1
-    b = tl.program_id(2)
+    conv = tl.program_id(2) // B
+    b = tl.program_id(2) % B
+    if conv == 1:
+        swr_ptr, swi_ptr, kr_ptr, ki_ptr = sur_ptr, sui_ptr, k2r_ptr, k2i_ptr
     offs_h = pid_h * BH + tl.arange(0, BH)
     hmask = offs_h < H
     smask = hmask[None, None, :]
@@ -482,21 +476,10 @@ def long_fwd_pass2(
     twr, twi = _row_twiddles(twr_ptr, twi_ptr, i0, N2, BK1)
     rel, spec = _row_offsets(i0, offs_h, H, N1, N2, BK1)
     offs = tl.cast(b, tl.int64) * N1 * N2 * H + rel
-    xr, xi = _stage2(tl.load(swr_ptr + offs, mask=smask, other=0.0), tl.load(swi_ptr + offs, mask=smask, other=0.0),
-                     c2, s2, N2, BK1, BH, PREC)
-    kr = tl.load(kr_ptr + spec, mask=smask, other=0.0)
-    ki = tl.load(ki_ptr + spec, mask=smask, other=0.0)
+    xr, xi = _stage2(*_load_pair(swr_ptr, swi_ptr, offs, smask), c2, s2, N2, BK1, BH, PREC)
+    kr, ki = _load_pair(kr_ptr, ki_ptr, spec, smask)
     gr, gi = _istage1(xr * kr - xi * ki, xr * ki + xi * kr, c2, s2, twr, twi, N2, BK1, BH, PREC)
-    tl.store(swr_ptr + offs, gr, mask=smask)
-    tl.store(swi_ptr + offs, gi, mask=smask)
-    if HAS_RES:
-        xr, xi = _stage2(tl.load(sur_ptr + offs, mask=smask, other=0.0),
-                         tl.load(sui_ptr + offs, mask=smask, other=0.0), c2, s2, N2, BK1, BH, PREC)
-        kr = tl.load(k2r_ptr + spec, mask=smask, other=0.0)
-        ki = tl.load(k2i_ptr + spec, mask=smask, other=0.0)
-        gr, gi = _istage1(xr * kr - xi * ki, xr * ki + xi * kr, c2, s2, twr, twi, N2, BK1, BH, PREC)
-        tl.store(sur_ptr + offs, gr, mask=smask)
-        tl.store(sui_ptr + offs, gi, mask=smask)
+    _store_pair(swr_ptr, swi_ptr, offs, gr, gi, smask)
 
 
 @triton.jit
@@ -520,14 +503,14 @@ def long_fwd_pass3(
     s1r = _load_block(s1_ptr, N1H, N1, N1)
     offs = tl.cast(b, tl.int64) * N1 * N2 * H + _column_offsets(j0, offs_h, H, N1, N2, BN2)
     smask = hmask[None, None, :]
-    c = _istage2(tl.load(swr_ptr + offs, mask=smask, other=0.0), tl.load(swi_ptr + offs, mask=smask, other=0.0),
+    c = _istage2(*_load_pair(swr_ptr, swi_ptr, offs, smask),
                  c1r, s1r, N1, BN2, BH, PREC)
     _, x2, _, m, w = _gated_input(proj_ptr + b * s_pb, mask_ptr + b * s_mb, scw_ptr, scb_ptr, offs_n, rows, offs_h,
                                   hmask, L, H, s_pl, s_pc, s_ml, HAS_MASK, N1H * BN2, BH)
     bias = tl.load(bias_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
     y = (c + w * bias) * x2
     if HAS_RES:
-        cu = _istage2(tl.load(sur_ptr + offs, mask=smask, other=0.0), tl.load(sui_ptr + offs, mask=smask, other=0.0),
+        cu = _istage2(*_load_pair(sur_ptr, sui_ptr, offs, smask),
                       c1r, s1r, N1, BN2, BH, PREC)
         ui = tl.load(u_ptr + b * s_ub + offs_n[:, None] * s_ul + offs_h[None, :] * s_uc, mask=tile_mask,
                      other=0.0).to(tl.float32) * m
@@ -564,20 +547,16 @@ def long_bwd_pass1(
     offs = tl.cast(b, tl.int64) * N1 * N2 * H + _column_offsets(j0, offs_h, H, N1, N2, BN2)
     smask = hmask[None, None, :]
     ar, ai = _stage1(w, c1h, s1h, twr, twi, N1, BN2, BH, PREC)
-    tl.store(swr_ptr + offs, ar, mask=smask)
-    tl.store(swi_ptr + offs, ai, mask=smask)
+    _store_pair(swr_ptr, swi_ptr, offs, ar, ai, smask)
     ar, ai = _stage1(dy * x2, c1h, s1h, twr, twi, N1, BN2, BH, PREC)
-    tl.store(szr_ptr + offs, ar, mask=smask)
-    tl.store(szi_ptr + offs, ai, mask=smask)
+    _store_pair(szr_ptr, szi_ptr, offs, ar, ai, smask)
     if HAS_RES:
         ui = tl.load(u_ptr + b * s_ub + offs_n[:, None] * s_ul + offs_h[None, :] * s_uc, mask=tile_mask,
                      other=0.0).to(tl.float32) * m
         ar, ai = _stage1(ui, c1h, s1h, twr, twi, N1, BN2, BH, PREC)
-        tl.store(sur_ptr + offs, ar, mask=smask)
-        tl.store(sui_ptr + offs, ai, mask=smask)
+        _store_pair(sur_ptr, sui_ptr, offs, ar, ai, smask)
         ar, ai = _stage1(dy, c1h, s1h, twr, twi, N1, BN2, BH, PREC)
-        tl.store(syr_ptr + offs, ar, mask=smask)
-        tl.store(syi_ptr + offs, ai, mask=smask)
+        _store_pair(syr_ptr, syi_ptr, offs, ar, ai, smask)
 
 
 @triton.jit
@@ -585,15 +564,20 @@ def long_bwd_pass2(
     swr_ptr, swi_ptr, szr_ptr, szi_ptr, sur_ptr, sui_ptr, syr_ptr, syi_ptr,
     kr_ptr, ki_ptr, k2r_ptr, k2i_ptr, c2_ptr, s2_ptr, twr_ptr, twi_ptr, gkr_ptr, gki_ptr, gk2r_ptr, gk2i_ptr,
     B, H, G,
-    HAS_RES: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, BK1: tl.constexpr,
-    PREC: tl.constexpr,
+    N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, BK1: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Spectra W, DZ (U, DY) of one block of k1 rows over the batch rows g, g+G, ...: per-group partial
-    filter-spectrum gradients Σ_b DZ·conj(W) (Σ_b DY·conj(U)), and, in place, the first inverse stage
-    of W·K (the forward's c, recomputed), of DZ·conj(K) (the adjoint) and of DY·conj(K2)."""
+    """One block of k1 rows over the batch rows g, g+G, ...; program axis 2 is conv·G + g.
+    Conv 0, the gated long convolution: spectra W (input) and DZ (output gradient); conv 1, the
+    residual one: U and DY. Each writes its per-group partial filter-spectrum gradient Σ_b DZ·conj(W)
+    and, in place, the first inverse stage of the adjoint DZ·conj(K) (over DZ); conv 0 also that of
+    W·K (over W: the forward's c, recomputed for the gate's gradient)."""
     pid_h = tl.program_id(0)
     i0 = tl.program_id(1) * BK1
-    g = tl.program_id(2)
+    conv = tl.program_id(2) // G
+    g = tl.program_id(2) % G
+    if conv == 1:
+        swr_ptr, swi_ptr, szr_ptr, szi_ptr = sur_ptr, sui_ptr, syr_ptr, syi_ptr
+        kr_ptr, ki_ptr, gkr_ptr, gki_ptr = k2r_ptr, k2i_ptr, gk2r_ptr, gk2i_ptr
     offs_h = pid_h * BH + tl.arange(0, BH)
     hmask = offs_h < H
     smask = hmask[None, None, :]
@@ -601,51 +585,27 @@ def long_bwd_pass2(
     s2 = _load_mat(s2_ptr, N2, N2)
     twr, twi = _row_twiddles(twr_ptr, twi_ptr, i0, N2, BK1)
     rel, spec = _row_offsets(i0, offs_h, H, N1, N2, BK1)
-    kr = tl.load(kr_ptr + spec, mask=smask, other=0.0)
-    ki = tl.load(ki_ptr + spec, mask=smask, other=0.0)
+    kr, ki = _load_pair(kr_ptr, ki_ptr, spec, smask)
     gkr = tl.zeros((N2, BK1, BH), dtype=tl.float32)
     gki = tl.zeros((N2, BK1, BH), dtype=tl.float32)
-    gk2r = tl.zeros((N2, BK1, BH), dtype=tl.float32)
-    gk2i = tl.zeros((N2, BK1, BH), dtype=tl.float32)
-    if HAS_RES:
-        k2r = tl.load(k2r_ptr + spec, mask=smask, other=0.0)
-        k2i = tl.load(k2i_ptr + spec, mask=smask, other=0.0)
     for b in range(g, B, G):
         offs = tl.cast(b, tl.int64) * N1 * N2 * H + rel
-        wr, wi = _stage2(tl.load(swr_ptr + offs, mask=smask, other=0.0),
-                         tl.load(swi_ptr + offs, mask=smask, other=0.0), c2, s2, N2, BK1, BH, PREC)
-        zr, zi = _stage2(tl.load(szr_ptr + offs, mask=smask, other=0.0),
-                         tl.load(szi_ptr + offs, mask=smask, other=0.0), c2, s2, N2, BK1, BH, PREC)
+        wr, wi = _stage2(*_load_pair(swr_ptr, swi_ptr, offs, smask), c2, s2, N2, BK1, BH, PREC)
+        zr, zi = _stage2(*_load_pair(szr_ptr, szi_ptr, offs, smask), c2, s2, N2, BK1, BH, PREC)
         gkr += zr * wr + zi * wi
         gki += zi * wr - zr * wi
-        cr, ci = _istage1(wr * kr - wi * ki, wr * ki + wi * kr, c2, s2, twr, twi, N2, BK1, BH, PREC)
-        tl.store(swr_ptr + offs, cr, mask=smask)
-        tl.store(swi_ptr + offs, ci, mask=smask)
         dr, di = _istage1(zr * kr + zi * ki, zi * kr - zr * ki, c2, s2, twr, twi, N2, BK1, BH, PREC)
-        tl.store(szr_ptr + offs, dr, mask=smask)
-        tl.store(szi_ptr + offs, di, mask=smask)
-        if HAS_RES:
-            ur, ui = _stage2(tl.load(sur_ptr + offs, mask=smask, other=0.0),
-                             tl.load(sui_ptr + offs, mask=smask, other=0.0), c2, s2, N2, BK1, BH, PREC)
-            yr, yi = _stage2(tl.load(syr_ptr + offs, mask=smask, other=0.0),
-                             tl.load(syi_ptr + offs, mask=smask, other=0.0), c2, s2, N2, BK1, BH, PREC)
-            gk2r += yr * ur + yi * ui
-            gk2i += yi * ur - yr * ui
-            dr, di = _istage1(yr * k2r + yi * k2i, yi * k2r - yr * k2i, c2, s2, twr, twi, N2, BK1, BH, PREC)
-            tl.store(sur_ptr + offs, dr, mask=smask)
-            tl.store(sui_ptr + offs, di, mask=smask)
-    part = tl.cast(g, tl.int64) * N1 * N2 * H + spec
-    tl.store(gkr_ptr + part, gkr, mask=smask)
-    tl.store(gki_ptr + part, gki, mask=smask)
-    if HAS_RES:
-        tl.store(gk2r_ptr + part, gk2r, mask=smask)
-        tl.store(gk2i_ptr + part, gk2i, mask=smask)
+        _store_pair(szr_ptr, szi_ptr, offs, dr, di, smask)
+        if conv == 0:
+            cr, ci = _istage1(wr * kr - wi * ki, wr * ki + wi * kr, c2, s2, twr, twi, N2, BK1, BH, PREC)
+            _store_pair(swr_ptr, swi_ptr, offs, cr, ci, smask)
+    _store_pair(gkr_ptr, gki_ptr, tl.cast(g, tl.int64) * N1 * N2 * H + spec, gkr, gki, smask)
 
 
 @triton.jit
 def long_bwd_pass3(
     proj_ptr, u_ptr, mask_ptr, scw_ptr, scb_ptr, bias_ptr, bias2_ptr, dy_ptr, c1_ptr, s1_ptr,
-    swr_ptr, swi_ptr, szr_ptr, szi_ptr, sur_ptr, sui_ptr,
+    swr_ptr, swi_ptr, szr_ptr, szi_ptr, syr_ptr, syi_ptr,
     ds_ptr, du_ptr, dbias_ptr, dbias2_ptr,
     B, L, H, G,
     s_pb, s_pl, s_pc, s_ub, s_ul, s_uc, s_mb, s_ml, s_db, s_dl, s_dc, s_sb, s_sl, s_sc, s_qb, s_ql, s_qc,
@@ -674,10 +634,9 @@ def long_bwd_pass3(
     dbias2 = tl.zeros((BH,), dtype=tl.float32)
     for b in range(g, B, G):
         offs = tl.cast(b, tl.int64) * N1 * N2 * H + rel
-        c = _istage2(tl.load(swr_ptr + offs, mask=smask, other=0.0), tl.load(swi_ptr + offs, mask=smask, other=0.0),
+        c = _istage2(*_load_pair(swr_ptr, swi_ptr, offs, smask),
                      c1r, s1r, N1, BN2, BH, PREC)
-        dwc = _istage2(tl.load(szr_ptr + offs, mask=smask, other=0.0),
-                       tl.load(szi_ptr + offs, mask=smask, other=0.0), c1r, s1r, N1, BN2, BH, PREC)
+        dwc = _istage2(*_load_pair(szr_ptr, szi_ptr, offs, smask), c1r, s1r, N1, BN2, BH, PREC)
         x1, x2, v, m, w = _gated_input(proj_ptr + b * s_pb, mask_ptr + b * s_mb, scw_ptr, scb_ptr, offs_n, rows,
                                        offs_h, hmask, L, H, s_pl, s_pc, s_ml, HAS_MASK, N1H * BN2, BH)
         dy = tl.load(dy_ptr + b * s_db + offs_n[:, None] * s_dl + offs_h[None, :] * s_dc, mask=tile_mask,
@@ -692,8 +651,7 @@ def long_bwd_pass3(
         tl.store(s_base + (H + offs_h[None, :]) * s_sc, dx2.to(dt), mask=tile_mask)
         tl.store(s_base + (2 * H + offs_h[None, :]) * s_sc, (dw * x1).to(dt), mask=tile_mask)
         if HAS_RES:
-            duc = _istage2(tl.load(sur_ptr + offs, mask=smask, other=0.0),
-                           tl.load(sui_ptr + offs, mask=smask, other=0.0), c1r, s1r, N1, BN2, BH, PREC)
+            duc = _istage2(*_load_pair(syr_ptr, syi_ptr, offs, smask), c1r, s1r, N1, BN2, BH, PREC)
             ui = tl.load(u_ptr + b * s_ub + offs_n[:, None] * s_ul + offs_h[None, :] * s_uc, mask=tile_mask,
                          other=0.0).to(tl.float32) * m
             dbias2 += tl.sum(dy * ui, axis=0)

@@ -1,28 +1,29 @@
 """Fused sequence-mixer convolution: everything between ``in_linear`` and ``out_linear``.
 
 Given ``proj = in_linear(u)`` (B, L, 3H), the layer input ``u`` (B, L, H) and the padding mask,
-one kernel computes, per (batch row, channel block), without writing intermediates:
+the kernels compute, without writing the intermediates of the PyTorch composition:
 mask → depthwise causal short conv (kernel 3) on x1, x2, v → w = v·x1 (masked) → the
 bidirectional long convolution of w (circular, size N ≥ 2L, as a Monarch-factored DFT:
-two ``tl.dot`` stages with twiddles, real and imaginary parts apart) → + w·bias → ·x2 →
+``tl.dot`` stages with twiddles between, real and imaginary parts apart) → + w·bias → ·x2 →
 + the residual long convolution of the masked u with its own filter (+ its skip).
 
 The filter spectra are computed once per call with ``torch.fft`` (they do not depend on the
-batch) and the 1/N is folded into them. Backward is a kernel too: it recomputes the forward
-intermediates, convolves with the conjugate spectra (the adjoint), writes the gradient of
-the short conv's output and of u, and reduces the filter-spectrum gradients Σ_b DZ·conj(W)
-over the batch rows of its group (partials per group, summed and inverse-transformed once in
-PyTorch). A second small kernel does the short conv's backward (d proj, weight and bias).
+batch) and the 1/N is folded into them. Backward is kernels too: they recompute the forward
+intermediates, convolve with the conjugate spectra (the adjoint), write the gradient of the
+short conv's output and of u, and reduce the filter-spectrum gradients Σ_b DZ·conj(W) over
+the batch rows of a group (partials per group, summed and inverse-transformed once in
+PyTorch); the gated and the residual convolution are separate programs there. A small kernel
+does the short conv's backward (d proj, weight and bias).
 
 Two algorithms, same arithmetic (:func:`plan` picks one per length): every L uses the
 convolution size N = max(256, next_pow2(2L)) = N1·N2 (N1, N2 ≥ 16, tl.dot's minimum), so
 lengths that are not powers of two are padded.
 
-* ``tile`` (N ≤ 2048, L ≤ 1024, the pretraining and GLUE lengths): one program holds the whole
+* ``tile`` (default for N = 256, L ≤ 128, the pretraining length): one program holds the whole
   (N, BH) tile of one batch row; nothing but the inputs and outputs touches memory.
-* ``passes`` (longer inputs, up to L = 8192): the four-step FFT in three kernels that pass the
+* ``passes`` (default for 128 < L ≤ 8192): the four-step FFT in three kernels that pass the
   partial transforms through an fp32 scratch (B, N1, N2, H); each program holds one block of
-  columns or rows, so the tiles stay small however long the input. Backward likewise.
+  columns or rows, so the tiles stay small however long the input.
 
 Longer inputs than :data:`MAX_SEQLEN` are not supported by the kernels (the model then uses
 its PyTorch path, see :func:`m2bert.kernels.dispatch.seq_mixer_fits`).
@@ -69,10 +70,14 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-TILE_MAX_N = 2048  # the largest convolution size done in whole-sequence tiles (bench/kernels.py compares both)
+# Per-length choices, from what the kernels need when compiled for sm_90 (kernels/aot.py, no GPU
+# needed): whole-sequence tiles spill registers heavily beyond N = 256 (L = 128), the three passes
+# do not; bench/kernels.py times both where both apply, to confirm on a GPU.
+TILE_MAX_N = 256  # the largest convolution size done in whole-sequence tiles by default
+TILE_ELEMENTS = 2048  # N·BH of a tile: 8 warps hold a dozen such fp32 tiles without spilling
 MAX_N = 128 * 128  # N1, N2 ≤ 128: the DFT blocks stay tl.dot-sized
 MAX_SEQLEN = MAX_N // 2
-PASSES_MIN_N = 1024  # passes 1 and 3 multiply by half of F_N1, which needs N1/2 ≥ 16
+PASSES_MIN_N = 512  # the passes multiply by half of F_N1 (N1/2 ≥ 16) and by F_N2 (N2 ≥ 16)
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,9 @@ class Plan:
     bn2: int = 0  # passes: n2 columns per program in passes 1 and 3
     bk1: int = 0  # passes: k1 rows per program in pass 2
     warps: int = 4  # num_warps of the launches (the interpreter ignores it)
+    # num_stages: 1, no software pipelining. The backward kernels loop over batch rows, and the
+    # pipeliner's extra buffers put them over the shared memory of any GPU (kernels/aot.py shows it).
+    stages: int = 1
 
     @property
     def n(self) -> int:
@@ -99,7 +107,7 @@ def conv_size(seqlen: int) -> int:
 
 def _warps(tile_elements: int) -> int:
     # Every program keeps a dozen fp32 tiles live; 8 warps halve the registers per thread of big ones.
-    return 8 if tile_elements >= 4096 else 4
+    return 8 if tile_elements >= 2048 else 4
 
 
 def plan(seqlen: int, channels: int, algorithm: str = "auto", warps: int | None = None) -> Plan:
@@ -112,18 +120,21 @@ def plan(seqlen: int, channels: int, algorithm: str = "auto", warps: int | None 
                          "support; use kernels: torch")
     if algorithm == "auto":
         algorithm = "tile" if n <= TILE_MAX_N else "passes"
-    n1 = 1 << (int(math.log2(n)) // 2)
-    n2 = n // n1
+    log_n = int(math.log2(n))
     bh = min(16, _next_pow2(channels))
     if algorithm == "tile":
-        bh = min(bh, max(1, 8192 // n))
-        return Plan("tile", n1, n2, bh, warps=warps or _warps(n * bh))
+        n1 = 1 << (log_n // 2)
+        bh = min(bh, max(1, TILE_ELEMENTS // n))
+        return Plan("tile", n1, n // n1, bh, warps=warps or _warps(n * bh))
     if algorithm == "passes":
         if n < PASSES_MIN_N:
             raise ValueError(f"algorithm 'passes' needs a convolution size N ≥ {PASSES_MIN_N} "
                              f"(sequence length > {PASSES_MIN_N // 4}); got L = {seqlen}")
-        cols = 64  # BN2·BH and BK1·BH: the width of every stage's GEMM
-        bn2, bk1 = min(n2, max(1, cols // bh)), min(n1, max(1, cols // bh))
+        n1 = 1 << ((log_n + 1) // 2)  # the larger factor: passes 1 and 3 use only half of F_N1
+        n2 = n // n1
+        # The width of the stage GEMMs: BN2·BH = 64 in passes 1 and 3, BK1·BH = 32 in pass 2, which
+        # holds the most tiles (at 64 it spills, and asks for more shared memory than an A100 has).
+        bn2, bk1 = min(n2, max(1, 64 // bh)), min(n1, max(1, 32 // bh))
         return Plan("passes", n1, n2, bh, bn2, bk1, warps=warps or _warps(max(n1 * bn2, n2 * bk1) * bh))
     raise ValueError(f"algorithm={algorithm!r}; choose auto, tile or passes")
 
@@ -181,7 +192,7 @@ class _SeqMixerConv(torch.autograd.Function):
         if p.algorithm == "tile":
             mod.seqmix_fwd_kernel[(n_hb, bsz)](
                 proj, u, m, scw, scb, kr, ki, bias_c, k2r, k2i, bias2_c, *consts, y,
-                seqlen, h, *proj.stride(), *u.stride(), *ms, *y.stride(), num_warps=p.warps, **flags)
+                seqlen, h, *proj.stride(), *u.stride(), *ms, *y.stride(), num_warps=p.warps, num_stages=p.stages, **flags)
         else:
             c1, s1, c2, s2, twr, twi = consts
             scratch = torch.empty(2 if has_res else 1, 2, bsz, p.n1, p.n2, h, device=u.device, dtype=torch.float32)
@@ -189,13 +200,13 @@ class _SeqMixerConv(torch.autograd.Function):
             cols = (n_hb, p.n2 // p.bn2, bsz)
             mod.long_fwd_pass1[cols](
                 proj, u, m, scw, scb, c1, s1, twr, twi, sw[0], sw[1], su[0], su[1],
-                seqlen, h, *proj.stride(), *u.stride(), *ms, BN2=p.bn2, num_warps=p.warps, **flags)
-            mod.long_fwd_pass2[(n_hb, p.n1 // p.bk1, bsz)](
-                sw[0], sw[1], su[0], su[1], kr, ki, k2r, k2i, c2, s2, twr, twi, h,
-                HAS_RES=has_res, N1=p.n1, N2=p.n2, BH=p.bh, BK1=p.bk1, PREC=flags["PREC"], num_warps=p.warps)
+                seqlen, h, *proj.stride(), *u.stride(), *ms, BN2=p.bn2, num_warps=p.warps, num_stages=p.stages, **flags)
+            mod.long_fwd_pass2[(n_hb, p.n1 // p.bk1, bsz * (2 if has_res else 1))](  # axis 2: conv, batch row
+                sw[0], sw[1], su[0], su[1], kr, ki, k2r, k2i, c2, s2, twr, twi, bsz, h,
+                N1=p.n1, N2=p.n2, BH=p.bh, BK1=p.bk1, PREC=flags["PREC"], num_warps=p.warps, num_stages=p.stages)
             mod.long_fwd_pass3[cols](
                 proj, u, m, scw, scb, bias_c, bias2_c, c1, s1, sw[0], sw[1], su[0], su[1], y,
-                seqlen, h, *proj.stride(), *u.stride(), *ms, *y.stride(), BN2=p.bn2, num_warps=p.warps, **flags)
+                seqlen, h, *proj.stride(), *u.stride(), *ms, *y.stride(), BN2=p.bn2, num_warps=p.warps, num_stages=p.stages, **flags)
         ctx.save_for_backward(proj, u, mask, scw, scb, kr, ki, bias_c, k2r, k2i, bias2_c)
         ctx.plan = p
         ctx.meta = (has_res, k_rev is not None, k2_rev is not None if has_res else False,
@@ -224,11 +235,13 @@ class _SeqMixerConv(torch.autograd.Function):
             gk = torch.empty(2, groups, p.n, h, device=dev, dtype=torch.float32)
             gk2 = torch.empty_like(gk) if has_res else gk
             dbias2 = torch.empty_like(dbias) if has_res else dbias
-            mod.seqmix_bwd_kernel[(n_hb, groups)](
+            tile_flags = {k: v for k, v in flags.items() if k != "HAS_RES"}
+            mod.seqmix_bwd_kernel[(n_hb, groups * (2 if has_res else 1))](  # axis 1: conv, group
                 proj, u, m, scw, scb, kr, ki, bias, k2r, k2i, bias2, *consts,
                 dy, ds, du, gk, gk2, dbias, dbias2,
                 bsz, seqlen, h, groups,
-                *proj.stride(), *u.stride(), *ms, *dy.stride(), *ds.stride(), *du.stride(), num_warps=p.warps, **flags)
+                *proj.stride(), *u.stride(), *ms, *dy.stride(), *ds.stride(), *du.stride(),
+                num_warps=p.warps, num_stages=p.stages, **tile_flags)
         else:
             c1, s1, c2, s2, twr, twi = consts
             scratch = torch.empty(4 if has_res else 2, 2, bsz, p.n1, p.n2, h, device=dev, dtype=torch.float32)
@@ -236,22 +249,22 @@ class _SeqMixerConv(torch.autograd.Function):
             n_cols = p.n2 // p.bn2
             mod.long_bwd_pass1[(n_hb, n_cols, bsz)](
                 proj, u, m, scw, scb, dy, c1, s1, twr, twi, sw[0], sw[1], sz[0], sz[1], su[0], su[1], sy[0], sy[1],
-                seqlen, h, *proj.stride(), *u.stride(), *ms, *dy.stride(), BN2=p.bn2, num_warps=p.warps, **flags)
+                seqlen, h, *proj.stride(), *u.stride(), *ms, *dy.stride(), BN2=p.bn2, num_warps=p.warps, num_stages=p.stages, **flags)
             groups = _groups(bsz, n_hb * (p.n1 // p.bk1), dev, interpret)
             gk = torch.empty(2, groups, p.n, h, device=dev, dtype=torch.float32)
             gk2 = torch.empty_like(gk) if has_res else gk
-            mod.long_bwd_pass2[(n_hb, p.n1 // p.bk1, groups)](
+            mod.long_bwd_pass2[(n_hb, p.n1 // p.bk1, groups * (2 if has_res else 1))](  # axis 2: conv, group
                 sw[0], sw[1], sz[0], sz[1], su[0], su[1], sy[0], sy[1], kr, ki, k2r, k2i, c2, s2, twr, twi,
                 gk[0], gk[1], gk2[0], gk2[1], bsz, h, groups,
-                HAS_RES=has_res, N1=p.n1, N2=p.n2, BH=p.bh, BK1=p.bk1, PREC=flags["PREC"], num_warps=p.warps)
+                N1=p.n1, N2=p.n2, BH=p.bh, BK1=p.bk1, PREC=flags["PREC"], num_warps=p.warps, num_stages=p.stages)
             groups3 = _groups(bsz, n_hb * n_cols, dev, interpret)
             dbias = torch.empty(groups3 * n_cols, h, device=dev, dtype=torch.float32)
             dbias2 = torch.empty_like(dbias) if has_res else dbias
             mod.long_bwd_pass3[(n_hb, n_cols, groups3)](
-                proj, u, m, scw, scb, bias, bias2, dy, c1, s1, sw[0], sw[1], sz[0], sz[1], su[0], su[1],
+                proj, u, m, scw, scb, bias, bias2, dy, c1, s1, sw[0], sw[1], sz[0], sz[1], sy[0], sy[1],
                 ds, du, dbias, dbias2, bsz, seqlen, h, groups3,
                 *proj.stride(), *u.stride(), *ms, *dy.stride(), *ds.stride(), *du.stride(), BN2=p.bn2,
-                num_warps=p.warps, **flags)
+                num_warps=p.warps, num_stages=p.stages, **flags)
         dproj, dwp, dbp = _short_conv_backward(mod, ds, proj, m, ms, scw, mask is not None, interpret)
 
         def filter_grads(parts: torch.Tensor, rev: bool):

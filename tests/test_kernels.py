@@ -105,5 +105,51 @@ def test_kernel_bench_smoke_on_cpu(tmp_path):
     for name in ("seq_mixer_conv", "monarch_glu"):
         row = res["kernels"][name]["16"]
         assert "fwdbwd_ms" in row["triton"] and "fwdbwd_ms" in row["eager"], row
-    row = res["kernels"]["seq_mixer_conv"]["300"]  # tiles by default; the passes measured beside them
-    assert "fwdbwd_ms" in row["triton_passes"] and row["fastest_triton_variant"] in ("triton", "triton_passes"), row
+    row = res["kernels"]["seq_mixer_conv"]["300"]  # passes by default; the tiles measured beside them
+    assert "fwdbwd_ms" in row["triton_tile"] and row["fastest_triton_variant"] in ("triton", "triton_tile"), row
+
+
+# Compiling for a GPU needs no GPU: the checks a launch would fail on (does not compile, asks for more
+# shared memory than the device has) are decided at compile time (kernels/aot.py).
+def test_bench_kernels_compile_and_fit_on_hopper_and_ampere(tmp_path):
+    """Every kernel bench/kernels.py launches (default plans and the alternatives), forward and backward,
+    compiles for sm_90 (H100/H200) and sm_80 (A100) within the shared memory of those GPUs."""
+    for arch in (90, 80):
+        out = tmp_path / f"sm{arch}.json"
+        proc = _run(["bench/kernels.py", "--compile-for", str(arch), "--json", str(out)], {"TRITON_INTERPRET": "0"},
+                    900)
+        import json
+
+        res = json.loads(out.read_text())
+        assert proc.returncode == 0 and res["all_fit"] and not res["errors"], (res["errors"], proc.stderr[-2000:])
+        kernels = {x["kernel"] for x in res["launches"]}
+        assert {"seqmix_fwd_kernel", "seqmix_bwd_kernel", "shortconv_bwd_kernel", "glu_fwd_kernel", "bd_gemm_kernel",
+                "long_fwd_pass1", "long_fwd_pass2", "long_fwd_pass3",
+                "long_bwd_pass1", "long_bwd_pass2", "long_bwd_pass3"} <= kernels, kernels
+        lengths = {x["length"] for x in res["launches"] if x["kernel"].startswith("long_")}
+        assert lengths == {512, 2048, 8192}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_model_variants_compile_for_hopper(dtype):
+    """The specialisations the model can reach beyond the benchmark's: fp32, no padding mask, no residual
+    convolution, causal filters, MLP dropout; each compiles for sm_90 and fits."""
+    from m2bert.kernels.aot import compile_only
+    from m2bert.kernels.blockdiag_glu import monarch_glu_triton
+    from m2bert.kernels.seq_mixer_conv import seq_mixer_conv_triton
+    from tests.kernels.test_blockdiag_glu import make as make_glu
+    from tests.kernels.test_seq_mixer_conv import make
+
+    cases = [make(2, 128, 64, masked=False, residual=False, dtype=dtype),
+             make(2, 300, 64, masked=True, residual=True, bidirectional=False, dtype=dtype)]
+    with compile_only(90) as launches:
+        for args in cases:
+            y = seq_mixer_conv_triton(*args)
+            y.backward(torch.zeros_like(y))
+        x, w_in, w_out, b = (t.detach().to(dtype).requires_grad_() for t in make_glu(2, 64, 64, 256, 4))
+        y = monarch_glu_triton(x, w_in, w_out, b, dropout=0.1, training=True)
+        y.backward(torch.zeros_like(y))
+    assert {x.kernel for x in launches} >= {"seqmix_fwd_kernel", "seqmix_bwd_kernel", "long_fwd_pass2",
+                                            "long_bwd_pass3", "glu_fwd_kernel", "bd_gemm_kernel"}
+    too_big = [x for x in launches if not x.fits]
+    assert not too_big, too_big

@@ -63,20 +63,20 @@ def test_training_steps_match():
 
 
 def test_long_input_takes_the_passes():
-    """Beyond L = 1024 the model's sequence mixer runs the three-pass kernels: outputs and gradients match."""
+    """Beyond L = 128 the model's sequence mixer runs the three-pass kernels: outputs and gradients match."""
     from m2bert.kernels.seq_mixer_conv import plan
 
-    seqlen = 1100
+    seqlen = 300
     assert plan(seqlen, 32).algorithm == "passes"
     ref, ours = twins(num_hidden_layers=1, max_length=seqlen)
     torch.manual_seed(2)
     ids = torch.randint(5, 1024, (1, seqlen))
     attention = torch.ones_like(ids)
-    attention[0, 1000:] = 0
+    attention[0, 250:] = 0
     outs, grads = [], []
     for model in (ref, ours):
         out = model.bert(ids, attention).last_hidden_state
-        out[0, :1000].square().mean().backward()
+        out[0, :250].square().mean().backward()
         outs.append(out.detach())
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-4)

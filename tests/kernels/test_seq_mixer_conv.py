@@ -52,10 +52,14 @@ def check(args, tol=FP32_TOL, algorithm="auto"):
         assert rel_err(a, b) <= tol, NAMES[i]
 
 
-# (batch, L, H): L from 16 to 1024 incl. non powers of two, H not a multiple of the channel block.
-@pytest.mark.parametrize("batch,seqlen,h", [(1, 16, 8), (2, 100, 24), (2, 128, 16), (3, 300, 8), (1, 1024, 8)])
-def test_fp32_padded(batch, seqlen, h):
-    check(make(batch, seqlen, h))
+# (batch, L, H): L from 16 to 1024 incl. non powers of two, H not a multiple of the channel block;
+# the default plan (tiles up to 128, passes beyond) and, where it applies, the other one.
+@pytest.mark.parametrize("batch,seqlen,h,algorithm", [
+    (1, 16, 8, "auto"), (2, 100, 24, "auto"), (2, 128, 16, "auto"), (2, 200, 8, "auto"), (2, 200, 8, "tile"),
+    (3, 300, 8, "auto"), (3, 300, 8, "tile"), (1, 1024, 8, "auto"),
+])
+def test_fp32_padded(batch, seqlen, h, algorithm):
+    check(make(batch, seqlen, h), algorithm=algorithm)
 
 
 @pytest.mark.parametrize("residual,bidirectional", [(False, True), (True, False), (False, False)])
@@ -102,15 +106,17 @@ def test_auto_takes_passes_for_long_inputs():
 
 
 def test_plan():
-    assert plan(128, 768) == plan(128, 768, "tile")
-    assert (plan(128, 768).n1, plan(128, 768).n2, plan(128, 768).bh) == (16, 16, 16)
+    p = plan(128, 768)
+    assert p.algorithm == "tile" and (p.n1, p.n2, p.bh, p.warps) == (16, 16, 8, 8)
     assert plan(100, 8).n == 256  # padded to N = 256, the smallest tl.dot-friendly size
-    p = plan(1024, 768)
-    assert p.algorithm == "tile" and p.n == 2048 and min(p.n1, p.n2) >= 16
+    p = plan(129, 768)
+    assert p.algorithm == "passes" and (p.n1, p.n2) == (32, 16)
+    p = plan(1024, 768, "tile")
+    assert p.n == 2048 and min(p.n1, p.n2) >= 16 and p.n * p.bh <= 2048
     p = plan(8192, 768)
-    assert p.algorithm == "passes" and (p.n1, p.n2) == (128, 128) and p.bn2 * p.bh == p.bk1 * p.bh == 64
+    assert p.algorithm == "passes" and (p.n1, p.n2) == (128, 128) and p.bn2 * p.bh == 64 and p.bk1 * p.bh == 32
     with pytest.raises(ValueError, match="needs a convolution size"):
-        plan(200, 8, "passes")
+        plan(100, 8, "passes")
     with pytest.raises(ValueError, match="use kernels: torch"):
         plan(MAX_SEQLEN + 1, 8)
 
