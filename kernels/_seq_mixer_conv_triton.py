@@ -99,6 +99,14 @@ def _short_conv(p_ptr, m_ptr, w_ptr, b_ptr, offs_n, cols, cmask, L, s_pl, s_pc, 
 
 
 @triton.jit
+def _row_mask(m_ptr, offs_n, rows, s_ml, HAS_MASK: tl.constexpr):
+    """(R, 1): the padding mask at rows offs_n, 0 beyond the sequence."""
+    if HAS_MASK:
+        return tl.load(m_ptr + offs_n * s_ml, mask=rows, other=0.0).to(tl.float32)[:, None]
+    return rows.to(tl.float32)[:, None]
+
+
+@triton.jit
 def _gated_input(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, rows, offs_h, hmask, L, H, s_pl, s_pc, s_ml,
                  HAS_MASK: tl.constexpr, R: tl.constexpr, BH: tl.constexpr):
     """x1, x2, v (short conv outputs), the row mask m and w = v·x1·m (zero outside the sequence)."""
@@ -106,10 +114,7 @@ def _gated_input(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, rows, offs_h, hmask, L,
     x2 = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, H + offs_h, hmask, L, s_pl, s_pc, s_ml, HAS_MASK, R, BH)
     v = _short_conv(p_ptr, m_ptr, scw_ptr, scb_ptr, offs_n, 2 * H + offs_h, hmask, L, s_pl, s_pc, s_ml, HAS_MASK,
                     R, BH)
-    if HAS_MASK:
-        m = tl.load(m_ptr + offs_n * s_ml, mask=rows, other=0.0).to(tl.float32)[:, None]
-    else:
-        m = rows.to(tl.float32)[:, None]
+    m = _row_mask(m_ptr, offs_n, rows, s_ml, HAS_MASK)
     w = tl.where(rows[:, None] & hmask[None, :], v * x1 * m, 0.0)
     return x1, x2, v, m, w
 
@@ -229,10 +234,7 @@ def seqmix_bwd_kernel(
         kr, ki = _load_pair(k2r_ptr, k2i_ptr, spec, hmask[None, :])
         bias = tl.load(bias2_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
         for b in range(g, B, G):
-            if HAS_MASK:
-                m = tl.load(mask_ptr + b * s_mb + offs_n * s_ml, mask=rows, other=0.0).to(tl.float32)[:, None]
-            else:
-                m = rows.to(tl.float32)[:, None]
+            m = _row_mask(mask_ptr + b * s_mb, offs_n, rows, s_ml, HAS_MASK)
             ui = tl.load(u_ptr + b * s_ub + offs_n[:, None] * s_ul + offs_h[None, :] * s_uc, mask=tile_mask,
                          other=0.0).to(tl.float32) * m
             ur, uim = _dft_real(ui, c1, s1, c2, s2, twr, twi, N1, N2, BH, PREC)
@@ -609,15 +611,18 @@ def long_bwd_pass3(
     ds_ptr, du_ptr, dbias_ptr, dbias2_ptr,
     B, L, H, G,
     s_pb, s_pl, s_pc, s_ub, s_ul, s_uc, s_mb, s_ml, s_db, s_dl, s_dc, s_sb, s_sl, s_sc, s_qb, s_ql, s_qc,
-    HAS_MASK: tl.constexpr, HAS_RES: tl.constexpr,
+    HAS_MASK: tl.constexpr,
     N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, BN2: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Last inverse stage of c, of the adjoint convolutions, then the gradients of one column block over
-    the batch rows g, g+G, ...: ds (for :func:`shortconv_bwd_kernel`), du, per-program skip-weight sums."""
+    """Last inverse stages, then the gradients of one column block over the batch rows g, g+G, ...;
+    program axis 2 is conv·G + g. Conv 0 (c and the adjoint over W) writes ds, for
+    :func:`shortconv_bwd_kernel`; conv 1 (the residual adjoint) writes du. Each writes per-program
+    sums of its skip weight's gradient."""
     pid_h = tl.program_id(0)
     pid_n = tl.program_id(1)
     j0 = pid_n * BN2
-    g = tl.program_id(2)
+    conv = tl.program_id(2) // G
+    g = tl.program_id(2) % G
     N1H: tl.constexpr = N1 // 2
     offs_h = pid_h * BH + tl.arange(0, BH)
     hmask = offs_h < H
@@ -627,37 +632,38 @@ def long_bwd_pass3(
     c1r = _load_block(c1_ptr, N1H, N1, N1)
     s1r = _load_block(s1_ptr, N1H, N1, N1)
     rel = _column_offsets(j0, offs_h, H, N1, N2, BN2)
-    bias = tl.load(bias_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
-    if HAS_RES:
-        bias2 = tl.load(bias2_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
     dbias = tl.zeros((BH,), dtype=tl.float32)
-    dbias2 = tl.zeros((BH,), dtype=tl.float32)
-    for b in range(g, B, G):
-        offs = tl.cast(b, tl.int64) * N1 * N2 * H + rel
-        c = _istage2(*_load_pair(swr_ptr, swi_ptr, offs, smask),
-                     c1r, s1r, N1, BN2, BH, PREC)
-        dwc = _istage2(*_load_pair(szr_ptr, szi_ptr, offs, smask), c1r, s1r, N1, BN2, BH, PREC)
-        x1, x2, v, m, w = _gated_input(proj_ptr + b * s_pb, mask_ptr + b * s_mb, scw_ptr, scb_ptr, offs_n, rows,
-                                       offs_h, hmask, L, H, s_pl, s_pc, s_ml, HAS_MASK, N1H * BN2, BH)
-        dy = tl.load(dy_ptr + b * s_db + offs_n[:, None] * s_dl + offs_h[None, :] * s_dc, mask=tile_mask,
-                     other=0.0).to(tl.float32)
-        dx2 = dy * (c + w * bias)
-        dz = dy * x2
-        dw = (dwc + dz * bias) * m
-        dbias += tl.sum(dz * w, axis=0)
-        s_base = ds_ptr + b * s_sb + offs_n[:, None] * s_sl
-        dt = ds_ptr.dtype.element_ty
-        tl.store(s_base + offs_h[None, :] * s_sc, (dw * v).to(dt), mask=tile_mask)
-        tl.store(s_base + (H + offs_h[None, :]) * s_sc, dx2.to(dt), mask=tile_mask)
-        tl.store(s_base + (2 * H + offs_h[None, :]) * s_sc, (dw * x1).to(dt), mask=tile_mask)
-        if HAS_RES:
+    if conv == 0:
+        bias = tl.load(bias_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
+        for b in range(g, B, G):
+            offs = tl.cast(b, tl.int64) * N1 * N2 * H + rel
+            c = _istage2(*_load_pair(swr_ptr, swi_ptr, offs, smask), c1r, s1r, N1, BN2, BH, PREC)
+            dwc = _istage2(*_load_pair(szr_ptr, szi_ptr, offs, smask), c1r, s1r, N1, BN2, BH, PREC)
+            x1, x2, v, m, w = _gated_input(proj_ptr + b * s_pb, mask_ptr + b * s_mb, scw_ptr, scb_ptr, offs_n, rows,
+                                           offs_h, hmask, L, H, s_pl, s_pc, s_ml, HAS_MASK, N1H * BN2, BH)
+            dy = tl.load(dy_ptr + b * s_db + offs_n[:, None] * s_dl + offs_h[None, :] * s_dc, mask=tile_mask,
+                         other=0.0).to(tl.float32)
+            dx2 = dy * (c + w * bias)
+            dz = dy * x2
+            dw = (dwc + dz * bias) * m
+            dbias += tl.sum(dz * w, axis=0)
+            s_base = ds_ptr + b * s_sb + offs_n[:, None] * s_sl
+            dt = ds_ptr.dtype.element_ty
+            tl.store(s_base + offs_h[None, :] * s_sc, (dw * v).to(dt), mask=tile_mask)
+            tl.store(s_base + (H + offs_h[None, :]) * s_sc, dx2.to(dt), mask=tile_mask)
+            tl.store(s_base + (2 * H + offs_h[None, :]) * s_sc, (dw * x1).to(dt), mask=tile_mask)
+    else:
+        bias = tl.load(bias2_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
+        for b in range(g, B, G):
+            offs = tl.cast(b, tl.int64) * N1 * N2 * H + rel
             duc = _istage2(*_load_pair(syr_ptr, syi_ptr, offs, smask), c1r, s1r, N1, BN2, BH, PREC)
+            m = _row_mask(mask_ptr + b * s_mb, offs_n, rows, s_ml, HAS_MASK)
             ui = tl.load(u_ptr + b * s_ub + offs_n[:, None] * s_ul + offs_h[None, :] * s_uc, mask=tile_mask,
                          other=0.0).to(tl.float32) * m
-            dbias2 += tl.sum(dy * ui, axis=0)
+            dy = tl.load(dy_ptr + b * s_db + offs_n[:, None] * s_dl + offs_h[None, :] * s_dc, mask=tile_mask,
+                         other=0.0).to(tl.float32)
+            dbias += tl.sum(dy * ui, axis=0)
             tl.store(du_ptr + b * s_qb + offs_n[:, None] * s_ql + offs_h[None, :] * s_qc,
-                     ((duc + dy * bias2) * m).to(du_ptr.dtype.element_ty), mask=tile_mask)
-    slot = (g * tl.num_programs(1) + pid_n) * H + offs_h
-    tl.store(dbias_ptr + slot, dbias, mask=hmask)
-    if HAS_RES:
-        tl.store(dbias2_ptr + slot, dbias2, mask=hmask)
+                     ((duc + dy * bias) * m).to(du_ptr.dtype.element_ty), mask=tile_mask)
+        dbias_ptr = dbias2_ptr
+    tl.store(dbias_ptr + (g * tl.num_programs(1) + pid_n) * H + offs_h, dbias, mask=hmask)

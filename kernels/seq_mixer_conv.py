@@ -192,7 +192,8 @@ class _SeqMixerConv(torch.autograd.Function):
         if p.algorithm == "tile":
             mod.seqmix_fwd_kernel[(n_hb, bsz)](
                 proj, u, m, scw, scb, kr, ki, bias_c, k2r, k2i, bias2_c, *consts, y,
-                seqlen, h, *proj.stride(), *u.stride(), *ms, *y.stride(), num_warps=p.warps, num_stages=p.stages, **flags)
+                seqlen, h, *proj.stride(), *u.stride(), *ms, *y.stride(),
+                num_warps=p.warps, num_stages=p.stages, **flags)
         else:
             c1, s1, c2, s2, twr, twi = consts
             scratch = torch.empty(2 if has_res else 1, 2, bsz, p.n1, p.n2, h, device=u.device, dtype=torch.float32)
@@ -200,13 +201,16 @@ class _SeqMixerConv(torch.autograd.Function):
             cols = (n_hb, p.n2 // p.bn2, bsz)
             mod.long_fwd_pass1[cols](
                 proj, u, m, scw, scb, c1, s1, twr, twi, sw[0], sw[1], su[0], su[1],
-                seqlen, h, *proj.stride(), *u.stride(), *ms, BN2=p.bn2, num_warps=p.warps, num_stages=p.stages, **flags)
+                seqlen, h, *proj.stride(), *u.stride(), *ms, BN2=p.bn2,
+                num_warps=p.warps, num_stages=p.stages, **flags)
             mod.long_fwd_pass2[(n_hb, p.n1 // p.bk1, bsz * (2 if has_res else 1))](  # axis 2: conv, batch row
                 sw[0], sw[1], su[0], su[1], kr, ki, k2r, k2i, c2, s2, twr, twi, bsz, h,
-                N1=p.n1, N2=p.n2, BH=p.bh, BK1=p.bk1, PREC=flags["PREC"], num_warps=p.warps, num_stages=p.stages)
+                N1=p.n1, N2=p.n2, BH=p.bh, BK1=p.bk1, PREC=flags["PREC"],
+                num_warps=p.warps, num_stages=p.stages)
             mod.long_fwd_pass3[cols](
                 proj, u, m, scw, scb, bias_c, bias2_c, c1, s1, sw[0], sw[1], su[0], su[1], y,
-                seqlen, h, *proj.stride(), *u.stride(), *ms, *y.stride(), BN2=p.bn2, num_warps=p.warps, num_stages=p.stages, **flags)
+                seqlen, h, *proj.stride(), *u.stride(), *ms, *y.stride(), BN2=p.bn2,
+                num_warps=p.warps, num_stages=p.stages, **flags)
         ctx.save_for_backward(proj, u, mask, scw, scb, kr, ki, bias_c, k2r, k2i, bias2_c)
         ctx.plan = p
         ctx.meta = (has_res, k_rev is not None, k2_rev is not None if has_res else False,
@@ -228,20 +232,19 @@ class _SeqMixerConv(torch.autograd.Function):
         dev = proj.device
         ds = torch.empty(bsz, seqlen, 3 * h, device=dev, dtype=torch.float32)
         du = torch.empty(bsz, seqlen, h, device=dev, dtype=u.dtype) if has_res else ds
-        flags = dict(HAS_MASK=mask is not None, HAS_RES=has_res, N1=p.n1, N2=p.n2, BH=p.bh, PREC=_precision(proj))
+        flags = dict(HAS_MASK=mask is not None, N1=p.n1, N2=p.n2, BH=p.bh, PREC=_precision(proj))
         if p.algorithm == "tile":
             groups = _groups(bsz, n_hb, dev, interpret)
             dbias = torch.empty(groups, h, device=dev, dtype=torch.float32)
             gk = torch.empty(2, groups, p.n, h, device=dev, dtype=torch.float32)
             gk2 = torch.empty_like(gk) if has_res else gk
             dbias2 = torch.empty_like(dbias) if has_res else dbias
-            tile_flags = {k: v for k, v in flags.items() if k != "HAS_RES"}
             mod.seqmix_bwd_kernel[(n_hb, groups * (2 if has_res else 1))](  # axis 1: conv, group
                 proj, u, m, scw, scb, kr, ki, bias, k2r, k2i, bias2, *consts,
                 dy, ds, du, gk, gk2, dbias, dbias2,
                 bsz, seqlen, h, groups,
                 *proj.stride(), *u.stride(), *ms, *dy.stride(), *ds.stride(), *du.stride(),
-                num_warps=p.warps, num_stages=p.stages, **tile_flags)
+                num_warps=p.warps, num_stages=p.stages, **flags)
         else:
             c1, s1, c2, s2, twr, twi = consts
             scratch = torch.empty(4 if has_res else 2, 2, bsz, p.n1, p.n2, h, device=dev, dtype=torch.float32)
@@ -249,18 +252,20 @@ class _SeqMixerConv(torch.autograd.Function):
             n_cols = p.n2 // p.bn2
             mod.long_bwd_pass1[(n_hb, n_cols, bsz)](
                 proj, u, m, scw, scb, dy, c1, s1, twr, twi, sw[0], sw[1], sz[0], sz[1], su[0], su[1], sy[0], sy[1],
-                seqlen, h, *proj.stride(), *u.stride(), *ms, *dy.stride(), BN2=p.bn2, num_warps=p.warps, num_stages=p.stages, **flags)
+                seqlen, h, *proj.stride(), *u.stride(), *ms, *dy.stride(), HAS_RES=has_res, BN2=p.bn2,
+                num_warps=p.warps, num_stages=p.stages, **flags)
             groups = _groups(bsz, n_hb * (p.n1 // p.bk1), dev, interpret)
             gk = torch.empty(2, groups, p.n, h, device=dev, dtype=torch.float32)
             gk2 = torch.empty_like(gk) if has_res else gk
             mod.long_bwd_pass2[(n_hb, p.n1 // p.bk1, groups * (2 if has_res else 1))](  # axis 2: conv, group
                 sw[0], sw[1], sz[0], sz[1], su[0], su[1], sy[0], sy[1], kr, ki, k2r, k2i, c2, s2, twr, twi,
                 gk[0], gk[1], gk2[0], gk2[1], bsz, h, groups,
-                N1=p.n1, N2=p.n2, BH=p.bh, BK1=p.bk1, PREC=flags["PREC"], num_warps=p.warps, num_stages=p.stages)
+                N1=p.n1, N2=p.n2, BH=p.bh, BK1=p.bk1, PREC=flags["PREC"],
+                num_warps=p.warps, num_stages=p.stages)
             groups3 = _groups(bsz, n_hb * n_cols, dev, interpret)
             dbias = torch.empty(groups3 * n_cols, h, device=dev, dtype=torch.float32)
             dbias2 = torch.empty_like(dbias) if has_res else dbias
-            mod.long_bwd_pass3[(n_hb, n_cols, groups3)](
+            mod.long_bwd_pass3[(n_hb, n_cols, groups3 * (2 if has_res else 1))](  # axis 2: conv, group
                 proj, u, m, scw, scb, bias, bias2, dy, c1, s1, sw[0], sw[1], sz[0], sz[1], sy[0], sy[1],
                 ds, du, dbias, dbias2, bsz, seqlen, h, groups3,
                 *proj.stride(), *u.stride(), *ms, *dy.stride(), *ds.stride(), *du.stride(), BN2=p.bn2,
