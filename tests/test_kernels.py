@@ -153,3 +153,25 @@ def test_model_variants_compile_for_hopper(dtype):
                                             "long_bwd_pass3", "glu_fwd_kernel", "bd_gemm_kernel"}
     too_big = [x for x in launches if not x.fits]
     assert not too_big, too_big
+
+
+def test_model_kernels_compile_for_hopper(monkeypatch):
+    """A bf16 model with kernels: triton, forward and backward, compiled (not run) for sm_90: the dtypes,
+    strides and flags the layers really pass reach the compiler, and every kernel fits."""
+    from m2bert import M2BertForMaskedLM
+    from m2bert.kernels import dispatch
+    from m2bert.kernels.aot import compile_only
+
+    monkeypatch.setattr(dispatch, "use_triton", lambda *_: True)  # as on a GPU
+    cfg = M2BertConfig.from_preset("m2-bert-tiny", hidden_size=64, intermediate_size=256, num_hidden_layers=1,
+                                   max_length=300, kernels="triton")
+    model = M2BertForMaskedLM(cfg).to(torch.bfloat16).train()
+    with compile_only(90) as launches:
+        for seqlen in (128, 300):  # a tile plan and a three-pass plan
+            ids = torch.randint(5, 1000, (2, seqlen))
+            attention = torch.ones_like(ids)
+            attention[0, seqlen // 2:] = 0
+            model(ids, attention_mask=attention, labels=ids).loss.backward()
+    kernels = {x.kernel for x in launches}
+    assert {"seqmix_fwd_kernel", "long_bwd_pass2", "glu_fwd_kernel", "bd_gemm_kernel"} <= kernels, kernels
+    assert all(x.fits for x in launches), [x for x in launches if not x.fits]
