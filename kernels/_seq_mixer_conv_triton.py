@@ -1,16 +1,21 @@
 """Triton kernels of the fused sequence-mixer convolution. Loaded by :mod:`._loader`, never imported directly.
 
-Layout: activations (B, L, C) with channels contiguous; one program owns a block of BH channels
-of one batch row (forward) or of a group of batch rows (backward) over the whole length, as an
-(N, BH) tile with N = N1·N2 ≥ 2L the (zero-padded) convolution size.
+Activations are (B, L, C) with channels contiguous. The long convolution is a circular
+convolution of size N = N1·N2 ≥ 2L (zero-padded), computed in the frequency domain with the
+DFT factored as Monarch matrices (notes/monarch-fft.md): view the N rows as (N1, N2), a GEMM
+with the N1-point DFT matrix, twiddles, a GEMM with the N2-point DFT matrix, real and
+imaginary parts carried in separate tiles; the spectrum comes out in natural order, so the
+filter spectrum needs no permutation, and the inverse is the mirror image. The 1/N is folded
+into the filter spectrum, computed once per call outside the kernels (it does not depend on
+the batch).
 
-The long convolution is a circular convolution of size N, computed in the frequency domain
-with the DFT factored as Monarch matrices (notes/monarch-fft.md): view the N rows as (N1, N2),
-a GEMM with the N1-point DFT matrix, twiddles, a GEMM with the N2-point DFT matrix, real and
-imaginary parts carried in separate tiles. A permute between the two GEMMs (in registers)
-makes the spectrum come out in natural order, so the filter spectrum needs no permutation;
-the inverse is the mirror image and lands in natural order. The 1/N is folded into the
-filter spectrum, computed once per call outside the kernel (it does not depend on the batch).
+Two families, chosen per length by ``plan`` in seq_mixer_conv.py:
+* ``seqmix_fwd_kernel`` / ``seqmix_bwd_kernel`` (whole-sequence tiles): one program owns BH
+  channels of one batch row (of a group of rows in backward) over the whole length, as an
+  (N, BH) tile, and permutes between the two GEMMs in registers.
+* ``long_{fwd,bwd}_pass{1,2,3}`` (the four-step FFT, below): the GEMM stages are separate
+  kernels joined by an fp32 scratch, so the tiles are blocks of columns or rows.
+``shortconv_bwd_kernel`` is the short conv's backward, for both.
 """
 import triton
 import triton.language as tl
