@@ -349,6 +349,17 @@ def _column_rows(j0, L, N1H: tl.constexpr, N2: tl.constexpr, BN2: tl.constexpr):
 
 
 @triton.jit
+def _column_program(L, H, N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, BN2: tl.constexpr):
+    """A pass-1/pass-3 program's block: first column j0, channels offs_h (hmask), time rows offs_n
+    (rows: < L), and the (rows, channels) mask."""
+    j0 = tl.program_id(1) * BN2
+    offs_h = tl.program_id(0) * BH + tl.arange(0, BH)
+    hmask = offs_h < H
+    offs_n, rows = _column_rows(j0, L, N1 // 2, N2, BN2)
+    return j0, offs_h, hmask, offs_n, rows, rows[:, None] & hmask[None, :]
+
+
+@triton.jit
 def _column_offsets(j0, offs_h, H, N1: tl.constexpr, N2: tl.constexpr, BN2: tl.constexpr):
     """Scratch offsets of [k1, n2, h] for every k1 and n2 in [j0, j0 + BN2): an (N1, BN2, BH) tile."""
     k1 = tl.arange(0, N1)
@@ -438,13 +449,9 @@ def long_fwd_pass1(
     N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, BN2: tl.constexpr, PREC: tl.constexpr,
 ):
     """Short conv and gates on the rows of one column block, then the first DFT stage of w (and of u)."""
-    pid_h = tl.program_id(0)
-    j0 = tl.program_id(1) * BN2
     b = tl.program_id(2)
     N1H: tl.constexpr = N1 // 2
-    offs_h = pid_h * BH + tl.arange(0, BH)
-    hmask = offs_h < H
-    offs_n, rows = _column_rows(j0, L, N1H, N2, BN2)
+    j0, offs_h, hmask, offs_n, rows, tile_mask = _column_program(L, H, N1, N2, BH, BN2)
     c1h = _load_block(c1_ptr, N1, N1H, N1)
     s1h = _load_block(s1_ptr, N1, N1H, N1)
     twr, twi = _column_twiddles(twr_ptr, twi_ptr, j0, N1, N2, BN2)
@@ -498,27 +505,20 @@ def long_fwd_pass3(
     N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, BN2: tl.constexpr, PREC: tl.constexpr,
 ):
     """Last inverse DFT stage of one column block, then the epilogue: (c + w·bias)·x2 (+ residual conv)."""
-    pid_h = tl.program_id(0)
-    j0 = tl.program_id(1) * BN2
     b = tl.program_id(2)
     N1H: tl.constexpr = N1 // 2
-    offs_h = pid_h * BH + tl.arange(0, BH)
-    hmask = offs_h < H
-    offs_n, rows = _column_rows(j0, L, N1H, N2, BN2)
-    tile_mask = rows[:, None] & hmask[None, :]
+    j0, offs_h, hmask, offs_n, rows, tile_mask = _column_program(L, H, N1, N2, BH, BN2)
     c1r = _load_block(c1_ptr, N1H, N1, N1)
     s1r = _load_block(s1_ptr, N1H, N1, N1)
     offs = tl.cast(b, tl.int64) * N1 * N2 * H + _column_offsets(j0, offs_h, H, N1, N2, BN2)
     smask = hmask[None, None, :]
-    c = _istage2(*_load_pair(swr_ptr, swi_ptr, offs, smask),
-                 c1r, s1r, N1, BN2, BH, PREC)
+    c = _istage2(*_load_pair(swr_ptr, swi_ptr, offs, smask), c1r, s1r, N1, BN2, BH, PREC)
     _, x2, _, m, w = _gated_input(proj_ptr + b * s_pb, mask_ptr + b * s_mb, scw_ptr, scb_ptr, offs_n, rows, offs_h,
                                   hmask, L, H, s_pl, s_pc, s_ml, HAS_MASK, N1H * BN2, BH)
     bias = tl.load(bias_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
     y = (c + w * bias) * x2
     if HAS_RES:
-        cu = _istage2(*_load_pair(sur_ptr, sui_ptr, offs, smask),
-                      c1r, s1r, N1, BN2, BH, PREC)
+        cu = _istage2(*_load_pair(sur_ptr, sui_ptr, offs, smask), c1r, s1r, N1, BN2, BH, PREC)
         ui = tl.load(u_ptr + b * s_ub + offs_n[:, None] * s_ul + offs_h[None, :] * s_uc, mask=tile_mask,
                      other=0.0).to(tl.float32) * m
         bias2 = tl.load(bias2_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)[None, :]
@@ -536,14 +536,9 @@ def long_bwd_pass1(
     N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr, BN2: tl.constexpr, PREC: tl.constexpr,
 ):
     """First DFT stage of w and dz = dy·x2 (and of the masked u and dy for the residual conv)."""
-    pid_h = tl.program_id(0)
-    j0 = tl.program_id(1) * BN2
     b = tl.program_id(2)
     N1H: tl.constexpr = N1 // 2
-    offs_h = pid_h * BH + tl.arange(0, BH)
-    hmask = offs_h < H
-    offs_n, rows = _column_rows(j0, L, N1H, N2, BN2)
-    tile_mask = rows[:, None] & hmask[None, :]
+    j0, offs_h, hmask, offs_n, rows, tile_mask = _column_program(L, H, N1, N2, BH, BN2)
     c1h = _load_block(c1_ptr, N1, N1H, N1)
     s1h = _load_block(s1_ptr, N1, N1H, N1)
     twr, twi = _column_twiddles(twr_ptr, twi_ptr, j0, N1, N2, BN2)
@@ -623,16 +618,10 @@ def long_bwd_pass3(
     program axis 2 is conv·G + g. Conv 0 (c and the adjoint over W) writes ds, for
     :func:`shortconv_bwd_kernel`; conv 1 (the residual adjoint) writes du. Each writes per-program
     sums of its skip weight's gradient."""
-    pid_h = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    j0 = pid_n * BN2
     conv = tl.program_id(2) // G
     g = tl.program_id(2) % G
     N1H: tl.constexpr = N1 // 2
-    offs_h = pid_h * BH + tl.arange(0, BH)
-    hmask = offs_h < H
-    offs_n, rows = _column_rows(j0, L, N1H, N2, BN2)
-    tile_mask = rows[:, None] & hmask[None, :]
+    j0, offs_h, hmask, offs_n, rows, tile_mask = _column_program(L, H, N1, N2, BH, BN2)
     smask = hmask[None, None, :]
     c1r = _load_block(c1_ptr, N1H, N1, N1)
     s1r = _load_block(s1_ptr, N1H, N1, N1)
@@ -671,4 +660,4 @@ def long_bwd_pass3(
             tl.store(du_ptr + b * s_qb + offs_n[:, None] * s_ql + offs_h[None, :] * s_qc,
                      ((duc + dy * bias) * m).to(du_ptr.dtype.element_ty), mask=tile_mask)
         dbias_ptr = dbias2_ptr
-    tl.store(dbias_ptr + (g * tl.num_programs(1) + pid_n) * H + offs_h, dbias, mask=hmask)
+    tl.store(dbias_ptr + (g * tl.num_programs(1) + tl.program_id(1)) * H + offs_h, dbias, mask=hmask)
