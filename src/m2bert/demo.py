@@ -56,17 +56,19 @@ def pretrain(paths: dict[str, Path], out: Path, batches: int, model: str) -> dic
     return run(cfg)
 
 
-def finetune(paths: dict[str, Path], out: Path, hf_dir: str) -> dict[str, Any]:
+def finetune(paths: dict[str, Path], out: Path, hf_dir: str, subset: int | None = None) -> dict[str, Any]:
     """The GLUE driver on the sample's derived tasks (same code path as the GLUE table)."""
     from m2bert.glue.driver import compose_config, run
 
-    cfg = compose_config([
+    overrides = [
         "glue=m2_bert_tiny", f"start.path={hf_dir}", "start.kind=hf", f"data.source={paths['glue']}",
-        # The recipe's settings for the sample tasks (lr 1e-3, 3 epochs) on all 4000 training rows of each.
+        # The recipe's settings for the sample tasks (lr 1e-3, 3 epochs), by default on all 4000 training rows.
         "tasks=[sample-ss,sample-pair]", "data.pad_to_max_length=false",
         f"run_root={out / 'runs'}", "run_name=demo-glue", "console_log_interval=1000ba",
-    ])
-    return run(cfg)
+    ]
+    if subset is not None:
+        overrides.append(f"train_subset={subset}")
+    return run(compose_config(overrides))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,12 +81,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batches", type=int, default=800, help="pretraining batches of 32 sequences")
     p.add_argument("--model", default="m2_bert_tiny", help="model group of yamls/model")
     p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--glue-subset", type=int, default=None, help="fine-tune on this many training rows per task "
+                   "(default: all); for a quick smoke run")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     t0 = time.perf_counter()
     paths = build_data(out, args.vocab_size)
     summary = pretrain(paths, out, args.batches, args.model)
-    glue = finetune(paths, out, summary["hf_export"])
+    glue = finetune(paths, out, summary["hf_export"], args.glue_subset)
     first, last = summary["eval"][0], summary["eval"][-1]
     lines = [
         "",
