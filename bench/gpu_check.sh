@@ -3,7 +3,9 @@
 #   1. correctness of the compiled kernels on the GPU (tests/test_kernels_gpu.py),
 #   2. bench/kernels.py: each kernel vs PyTorch eager and torch.compile, bf16, B=32, H=768,
 #   3. bench/throughput.py --device cuda: the model with kernels triton and torch, vs BERT.
-# Every result lands in ${OUT:-bench/results/gpu}. Installs nothing: run it in the project's venv.
+# Every result lands in ${OUT:-bench/results/gpu}. Fetches nothing: it runs in the project's venv, or,
+# where there is none (a bare GPU machine whose python3 has torch, triton and transformers), on
+# this checkout laid out as the installed package in /tmp/m2bert-site.
 #   OUT=/tmp/gpu bash bench/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +21,13 @@ if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
   echo "On CPU the kernels' correctness tests run under the Triton interpreter: make test" >&2
   exit 2
 fi
-"$PY" -c "import torch, triton; print('gpu:', torch.cuda.get_device_name(0), '| torch', torch.__version__, '| triton', triton.__version__)" | tee "$OUT/env.txt"
+if ! "$PY" -c "import m2bert" 2>/dev/null; then  # the package layout of pyproject.toml's package-dir, copied
+  rm -rf /tmp/m2bert-site && mkdir -p /tmp/m2bert-site
+  cp -r src/m2bert /tmp/m2bert-site/ && cp -r kernels /tmp/m2bert-site/m2bert/kernels \
+    && cp -r yamls /tmp/m2bert-site/m2bert/yamls || exit 3
+  export PYTHONPATH=/tmp/m2bert-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+"$PY" -c "import torch, triton, transformers; print('gpu:', torch.cuda.get_device_name(0), '| torch', torch.__version__, '| triton', triton.__version__, '| transformers', transformers.__version__)" | tee "$OUT/env.txt"
 status=0
 step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.log, remember failures
   local name=$1 limit=$2; shift 2

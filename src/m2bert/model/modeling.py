@@ -83,7 +83,7 @@ class M2BertModel(M2BertPreTrainedModel):
         **kwargs: object,
     ) -> BaseModelOutput | tuple:
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         hidden = self.embeddings(input_ids, token_type_ids)
         # Padding invariance: zero padded positions before each convolution (no host sync).
         mask = None
@@ -113,7 +113,8 @@ class M2MaskedLMOutput(ModelOutput):
 
 
 class M2BertForMaskedLM(M2BertPreTrainedModel):
-    _tied_weights_keys = ["mlm_head.decoder.weight"]
+    # A dict (transformers 5 needs target → source; 4.x iterates the keys): the decoder is the word embeddings.
+    _tied_weights_keys = {"mlm_head.decoder.weight": "bert.embeddings.word_embeddings.weight"}
 
     def __init__(self, config: M2BertConfig) -> None:
         super().__init__(config)
@@ -137,7 +138,7 @@ class M2BertForMaskedLM(M2BertPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs: object,
     ) -> M2MaskedLMOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states, return_dict=True)
         hidden = out.last_hidden_state
         loss = positions = None
@@ -179,7 +180,7 @@ class M2BertForSequenceClassification(M2BertPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs: object,
     ) -> SequenceClassifierOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.head(out.last_hidden_state, attention_mask)
         loss = None
