@@ -441,6 +441,19 @@ def _row_twiddles(twr_ptr, twi_ptr, i0, N2: tl.constexpr, BK1: tl.constexpr):
 
 
 @triton.jit
+def _row_program(c2_ptr, s2_ptr, twr_ptr, twi_ptr, H, N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr,
+                 BK1: tl.constexpr):
+    """A pass-2 program's block (k1 rows from i0, channels from axis 0): the channel mask, the N2-point
+    DFT blocks, its twiddles, and the scratch and spectrum offsets of its (N2, BK1, BH) tiles."""
+    i0 = tl.program_id(1) * BK1
+    offs_h = tl.program_id(0) * BH + tl.arange(0, BH)
+    smask = (offs_h < H)[None, None, :]
+    twr, twi = _row_twiddles(twr_ptr, twi_ptr, i0, N2, BK1)
+    rel, spec = _row_offsets(i0, offs_h, H, N1, N2, BK1)
+    return smask, _load_mat(c2_ptr, N2, N2), _load_mat(s2_ptr, N2, N2), twr, twi, rel, spec
+
+
+@triton.jit
 def long_fwd_pass1(
     proj_ptr, u_ptr, mask_ptr, scw_ptr, scb_ptr, c1_ptr, s1_ptr, twr_ptr, twi_ptr,
     swr_ptr, swi_ptr, sur_ptr, sui_ptr,
@@ -476,19 +489,11 @@ def long_fwd_pass2(
 ):
     """Second DFT stage, product with the filter spectrum, first inverse stage; in place, per block of k1
     rows. Program axis 2 is conv·B + b: conv 0 is the gated long convolution, 1 the residual one."""
-    pid_h = tl.program_id(0)
-    i0 = tl.program_id(1) * BK1
     conv = tl.program_id(2) // B
     b = tl.program_id(2) % B
     if conv == 1:
         swr_ptr, swi_ptr, kr_ptr, ki_ptr = sur_ptr, sui_ptr, k2r_ptr, k2i_ptr
-    offs_h = pid_h * BH + tl.arange(0, BH)
-    hmask = offs_h < H
-    smask = hmask[None, None, :]
-    c2 = _load_mat(c2_ptr, N2, N2)
-    s2 = _load_mat(s2_ptr, N2, N2)
-    twr, twi = _row_twiddles(twr_ptr, twi_ptr, i0, N2, BK1)
-    rel, spec = _row_offsets(i0, offs_h, H, N1, N2, BK1)
+    smask, c2, s2, twr, twi, rel, spec = _row_program(c2_ptr, s2_ptr, twr_ptr, twi_ptr, H, N1, N2, BH, BK1)
     offs = tl.cast(b, tl.int64) * N1 * N2 * H + rel
     xr, xi = _stage2(*_load_pair(swr_ptr, swi_ptr, offs, smask), c2, s2, N2, BK1, BH, PREC)
     kr, ki = _load_pair(kr_ptr, ki_ptr, spec, smask)
@@ -573,20 +578,12 @@ def long_bwd_pass2(
     residual one: U and DY. Each writes its per-group partial filter-spectrum gradient Σ_b DZ·conj(W)
     and, in place, the first inverse stage of the adjoint DZ·conj(K) (over DZ); conv 0 also that of
     W·K (over W: the forward's c, recomputed for the gate's gradient)."""
-    pid_h = tl.program_id(0)
-    i0 = tl.program_id(1) * BK1
     conv = tl.program_id(2) // G
     g = tl.program_id(2) % G
     if conv == 1:
         swr_ptr, swi_ptr, szr_ptr, szi_ptr = sur_ptr, sui_ptr, syr_ptr, syi_ptr
         kr_ptr, ki_ptr, gkr_ptr, gki_ptr = k2r_ptr, k2i_ptr, gk2r_ptr, gk2i_ptr
-    offs_h = pid_h * BH + tl.arange(0, BH)
-    hmask = offs_h < H
-    smask = hmask[None, None, :]
-    c2 = _load_mat(c2_ptr, N2, N2)
-    s2 = _load_mat(s2_ptr, N2, N2)
-    twr, twi = _row_twiddles(twr_ptr, twi_ptr, i0, N2, BK1)
-    rel, spec = _row_offsets(i0, offs_h, H, N1, N2, BK1)
+    smask, c2, s2, twr, twi, rel, spec = _row_program(c2_ptr, s2_ptr, twr_ptr, twi_ptr, H, N1, N2, BH, BK1)
     kr, ki = _load_pair(kr_ptr, ki_ptr, spec, smask)
     gkr = tl.zeros((N2, BK1, BH), dtype=tl.float32)
     gki = tl.zeros((N2, BK1, BH), dtype=tl.float32)
