@@ -21,9 +21,9 @@ def to_cuda(args):
     return [None if t is None else t.detach().cuda().requires_grad_(t.requires_grad) for t in args]
 
 
-# Tiles (L ≤ 1024) and passes (forced at 600, and auto beyond 1024, up to the longest length).
+# Tiles (auto at L ≤ 128, forced at 600) and passes (auto beyond 128, up to the longest length).
 @pytest.mark.parametrize("batch,seqlen,h,algorithm", [
-    (2, 100, 24, "auto"), (2, 128, 768, "auto"), (1, 1024, 64, "auto"), (2, 600, 40, "passes"),
+    (2, 100, 24, "auto"), (2, 128, 768, "auto"), (1, 1024, 64, "auto"), (2, 600, 40, "tile"),
     (2, 4000, 64, "auto"), (1, 8192, 768, "auto"),
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
