@@ -441,6 +441,18 @@ def _row_twiddles(twr_ptr, twi_ptr, i0, N2: tl.constexpr, BK1: tl.constexpr):
 
 
 @triton.jit
+def _stage1_constants(c1_ptr, s1_ptr, twr_ptr, twi_ptr, j0, N1: tl.constexpr, N2: tl.constexpr,
+                      BN2: tl.constexpr):
+    """Pass 1's operands: the first N1/2 columns of F_N1 (the input's nonzero rows) and the column
+    block's twiddles."""
+    N1H: tl.constexpr = N1 // 2
+    c1h = _load_block(c1_ptr, N1, N1H, N1)
+    s1h = _load_block(s1_ptr, N1, N1H, N1)
+    twr, twi = _column_twiddles(twr_ptr, twi_ptr, j0, N1, N2, BN2)
+    return c1h, s1h, twr, twi
+
+
+@triton.jit
 def _row_program(c2_ptr, s2_ptr, twr_ptr, twi_ptr, H, N1: tl.constexpr, N2: tl.constexpr, BH: tl.constexpr,
                  BK1: tl.constexpr):
     """A pass-2 program's block (k1 rows from i0, channels from axis 0): the channel mask, the N2-point
@@ -465,9 +477,7 @@ def long_fwd_pass1(
     b = tl.program_id(2)
     N1H: tl.constexpr = N1 // 2
     j0, offs_h, hmask, offs_n, rows, tile_mask = _column_program(L, H, N1, N2, BH, BN2)
-    c1h = _load_block(c1_ptr, N1, N1H, N1)
-    s1h = _load_block(s1_ptr, N1, N1H, N1)
-    twr, twi = _column_twiddles(twr_ptr, twi_ptr, j0, N1, N2, BN2)
+    c1h, s1h, twr, twi = _stage1_constants(c1_ptr, s1_ptr, twr_ptr, twi_ptr, j0, N1, N2, BN2)
     _, _, _, m, w = _gated_input(proj_ptr + b * s_pb, mask_ptr + b * s_mb, scw_ptr, scb_ptr, offs_n, rows, offs_h,
                                  hmask, L, H, s_pl, s_pc, s_ml, HAS_MASK, N1H * BN2, BH)
     offs = tl.cast(b, tl.int64) * N1 * N2 * H + _column_offsets(j0, offs_h, H, N1, N2, BN2)
@@ -544,9 +554,7 @@ def long_bwd_pass1(
     b = tl.program_id(2)
     N1H: tl.constexpr = N1 // 2
     j0, offs_h, hmask, offs_n, rows, tile_mask = _column_program(L, H, N1, N2, BH, BN2)
-    c1h = _load_block(c1_ptr, N1, N1H, N1)
-    s1h = _load_block(s1_ptr, N1, N1H, N1)
-    twr, twi = _column_twiddles(twr_ptr, twi_ptr, j0, N1, N2, BN2)
+    c1h, s1h, twr, twi = _stage1_constants(c1_ptr, s1_ptr, twr_ptr, twi_ptr, j0, N1, N2, BN2)
     _, x2, _, m, w = _gated_input(proj_ptr + b * s_pb, mask_ptr + b * s_mb, scw_ptr, scb_ptr, offs_n, rows, offs_h,
                                   hmask, L, H, s_pl, s_pc, s_ml, HAS_MASK, N1H * BN2, BH)
     dy = tl.load(dy_ptr + b * s_db + offs_n[:, None] * s_dl + offs_h[None, :] * s_dc, mask=tile_mask,

@@ -15,8 +15,8 @@ import torch
 from m2bert.kernels._loader import NEEDS_GPU, interpreting
 
 CHOICES = ("auto", "triton", "torch")
-# The longest input of the fused sequence-mixer kernels (= seq_mixer_conv.MAX_SEQLEN, kept here so
-# that this module imports nothing heavy); longer inputs take the PyTorch path.
+# The longest input of the fused sequence-mixer kernels (seq_mixer_conv.py sizes its plans from it;
+# it lives here so that this module imports nothing heavy); longer inputs take the PyTorch path.
 SEQ_MIXER_MAX_SEQLEN = 8192
 
 log = logging.getLogger(__name__)

@@ -39,6 +39,7 @@ from functools import lru_cache
 import torch
 
 from m2bert.kernels._loader import kernel_module
+from m2bert.kernels.dispatch import SEQ_MIXER_MAX_SEQLEN as MAX_SEQLEN
 from m2bert.model.long_conv import long_conv
 from m2bert.model.sequence_mixer import causal_short_conv
 
@@ -75,8 +76,7 @@ def _next_pow2(n: int) -> int:
 # do not; bench/kernels.py times both where both apply, to confirm on a GPU.
 TILE_MAX_N = 256  # the largest convolution size done in whole-sequence tiles by default
 TILE_ELEMENTS = 2048  # N·BH of a tile: 8 warps hold a dozen such fp32 tiles without spilling
-MAX_N = 128 * 128  # N1, N2 ≤ 128: the DFT blocks stay tl.dot-sized
-MAX_SEQLEN = MAX_N // 2
+MAX_N = 2 * MAX_SEQLEN  # 128 · 128: N1, N2 ≤ 128, the DFT blocks stay tl.dot-sized
 PASSES_MIN_N = 512  # the passes multiply by half of F_N1 (N1/2 ≥ 16) and by F_N2 (N2 ≥ 16)
 
 
