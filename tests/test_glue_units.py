@@ -12,7 +12,16 @@ from hydra.errors import ConfigCompositionException
 from m2bert import M2BertConfig, M2BertForMaskedLM
 from m2bert.data.glue import metric_fns
 from m2bert.glue.driver import run
-from m2bert.glue.results import aggregate, job_score, markdown_table, sweep_report
+from m2bert.glue.results import (
+    PAPER_COLUMNS,
+    aggregate,
+    fmt,
+    grouped_bars,
+    job_score,
+    load_published,
+    markdown_table,
+    sweep_report,
+)
 from m2bert.glue.schema import register
 from m2bert.glue.start import load_classifier, resolve_start
 from m2bert.train.builders import ConfigError
@@ -53,7 +62,7 @@ def _job(task: str, seed: int, metrics: dict) -> dict:
 
 
 def test_aggregation_follows_the_original():
-    """Task score = mean over seeds of the task's metric average; GLUE = mean of task scores (8 tasks)."""
+    """Task score = mean over seeds of the paper's metric set; GLUE = mean of task scores (8 tasks)."""
     jobs = [
         _job("mnli", 19, {"validation_matched": {"accuracy": 0.80}, "validation_mismatched": {"accuracy": 0.82}}),
         _job("rte", 19, {"validation": {"accuracy": 0.60}}),
@@ -63,20 +72,81 @@ def test_aggregation_follows_the_original():
         _job("stsb", 19, {"validation": {"pearson": 0.88, "spearmanr": 0.86}}),
         _job("sample-pair", 19, {"validation": {"f1": 0.1, "accuracy": 0.2}}),  # not a GLUE task
     ]
-    assert job_score(jobs[0]["metrics"]) == pytest.approx(81.0)
+    assert job_score("mnli", jobs[0]["metrics"]) == pytest.approx(81.0)
     agg = aggregate(jobs)
     rte = agg["tasks"]["rte"]
     assert rte["score"]["mean"] == pytest.approx(68.0) and rte["score"]["median"] == pytest.approx(64.0)
     assert rte["score"]["std"] == pytest.approx(torch.tensor([60.0, 80.0, 64.0]).std().item())
     assert agg["tasks"]["mnli"]["metrics"]["validation_mismatched/accuracy"]["mean"] == pytest.approx(82.0)
-    assert agg["tasks"]["mrpc"]["score"]["mean"] == pytest.approx(85.0)
-    assert agg["tasks"]["stsb"]["score"]["mean"] == pytest.approx(87.0)
+    assert agg["tasks"]["mrpc"]["score"]["mean"] == pytest.approx(90.0)  # F1 only, as the paper
+    assert agg["tasks"]["stsb"]["score"]["mean"] == pytest.approx(86.0)  # Spearman only
+    assert not agg["tasks"]["mrpc"]["metrics"]["accuracy"]["in_score"]
+    assert agg["tasks"]["mrpc"]["metrics"]["f1"]["in_score"]
     assert agg["glue_average_tasks"] == ["mnli", "rte", "stsb", "mrpc"]
-    assert agg["glue_average"] == pytest.approx((81 + 68 + 87 + 85) / 4)
+    assert agg["glue_average"] == pytest.approx((81 + 68 + 86 + 90) / 4)
     published = {"mnli_m": 78.4, "mnli_mm": 78.6, "mnli": 78.5, "rte": 68.5, "average": 79.9}
     table = markdown_table(agg, published, "ours", "m2-bert-base-80m")
     assert "| ours | 80.0 / 82.0 | 68.0 |" in table
     assert "| m2-bert-base-80m (published) | 78.4 / 78.6 | 68.5 |" in table
+
+
+def _published_jobs(row: dict) -> list[dict]:
+    """One job per paper task whose metrics are the published task values (other metrics set far off, so a
+    score that used them would show). QQP's two metrics both carry its value."""
+    v = {k: row[k] / 100 for k in ("mnli", "rte", "qnli", "qqp", "sst2", "stsb", "cola", "mrpc")}
+    return [
+        _job("mnli", 19, {"validation_matched": {"accuracy": v["mnli"]}, "validation_mismatched": {"accuracy": v["mnli"]}}),
+        _job("rte", 19, {"validation": {"accuracy": v["rte"]}}),
+        _job("qnli", 19, {"validation": {"accuracy": v["qnli"]}}),
+        _job("qqp", 19, {"validation": {"accuracy": v["qqp"], "f1": v["qqp"]}}),
+        _job("sst2", 19, {"validation": {"accuracy": v["sst2"]}}),
+        _job("stsb", 19, {"validation": {"pearson": 0.10, "spearmanr": v["stsb"]}}),
+        _job("cola", 19, {"validation": {"matthews_correlation": v["cola"]}}),
+        _job("mrpc", 19, {"validation": {"f1": v["mrpc"], "accuracy": 0.10}}),
+    ]
+
+
+@pytest.mark.parametrize("size,average", [("m2-bert-base-80m", "79.9"), ("m2-bert-base-110m", "80.9")])
+def test_published_task_values_give_the_published_average(size, average):
+    row = load_published(None, size)  # the package's copy
+    agg = aggregate(_published_jobs(row))
+    assert fmt(agg["glue_average"]) == average == fmt(row["average"])
+    for task, key, _ in PAPER_COLUMNS:
+        assert fmt(agg["tasks"][task]["score"]["mean"]) == fmt(row[key]), task
+    ours = markdown_table(agg, row, "published values", size).splitlines()[2]
+    assert ours.endswith(f"| {average} |")
+
+
+def test_rounding_is_half_up_like_the_paper():
+    assert fmt(80.85) == "80.9" and fmt(79.925) == "79.9" and fmt(80.05) == "80.1" and fmt(None) == "–"
+    assert fmt(-0.25, 1) == "-0.3" and fmt(12.345, 2) == "12.35"
+
+
+def test_packaged_published_numbers_match_shared_reference():
+    """The package carries the published rows; ../shared's reference file (when present) agrees."""
+    reference = json.loads(shared_path("reference", "published.json").read_text())["glue_dev"]
+    for size, row in reference.items():
+        assert load_published(None, size) == row, size
+
+
+def test_chart_bars_are_labelled_centred_and_zoomed():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    grouped_bars(ax, ["RTE", "SST-2", "avg"], [("ours", [68.0, 91.5, 79.7], [1.0, 0.0, 0.0]),
+                                               ("published", [68.5, None, 79.9], None)])
+    bars = [p for p in ax.patches]
+    assert len(bars) == 5
+    centres = sorted(round(b.get_x() + b.get_width() / 2, 3) for b in bars)
+    assert centres == [-0.2, 0.2, 1.0, 1.8, 2.2]  # pairs centred on their task; a lone bar on its task
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == sorted(["68.0", "91.5", "79.7", "68.5", "79.9"])
+    low, high = ax.get_ylim()
+    assert 60 < low < 68 and high > 91.5  # the axis starts near the lowest bar
+    plt.close(fig)
 
 
 def test_sweep_report_marks_best(tmp_path):

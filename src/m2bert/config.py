@@ -42,6 +42,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         _BASE, hidden_size=128, intermediate_size=512, num_hidden_layers=4, hyena_filter_order=32,
         hyena_training_additions=True,
     ),
+    # The CPU quality study's size (bench/quality_study.py): the 80M recipe at width 256, depth 4.
+    "m2-bert-small": dict(
+        _BASE, hidden_size=256, intermediate_size=1024, num_hidden_layers=4, hyena_filter_order=64,
+        hyena_training_additions=True,
+    ),
 }
 
 # Keys of the original config that we interpret; everything else in an original config dict is

@@ -43,12 +43,15 @@ class GlueTask:
     hf_config: str | None  # nyu-mll/glue config; None for tasks only available locally
     text_columns: tuple[str, ...]
     label_names: tuple[str, ...] | None  # None for regression
-    metrics: tuple[str, ...]  # GLUE's metrics for the task, main one first
+    metrics: tuple[str, ...]  # GLUE's metrics for the task, main one first (all are reported)
     splits: dict[str, str]  # split name -> TSV file name
     layout: TsvLayout
     label_map: dict[str, int] | None = None  # TSV label string -> id, where the TSV stores names
     eval_splits: tuple[str, ...] = ("validation",)
     main_metric: str = field(default="")
+    # The metrics the task's score averages: the paper's set (HazyResearch/m2 finetuning_jobs.py), which is
+    # narrower than GLUE's reporting set for MRPC (F1 only) and STS-B (Spearman only).
+    score_metrics: tuple[str, ...] = ()
 
     @property
     def num_labels(self) -> int:
@@ -69,9 +72,10 @@ _ENT2 = ("entailment", "not_entailment")
 
 def _task(name: str, dir_name: str, hf: str | None, text: tuple[str, ...], labels: tuple[str, ...] | None,
           metrics: tuple[str, ...], layout: TsvLayout, label_map: dict[str, int] | None = None,
-          splits: dict[str, str] | None = None, eval_splits: tuple[str, ...] = ("validation",)) -> GlueTask:
+          splits: dict[str, str] | None = None, eval_splits: tuple[str, ...] = ("validation",),
+          score: tuple[str, ...] | None = None) -> GlueTask:
     return GlueTask(name, dir_name, hf, text, labels, metrics, splits or dict(_STD_SPLITS), layout, label_map,
-                    eval_splits, metrics[0])
+                    eval_splits, metrics[0], score or metrics[:1])
 
 
 GLUE_TASKS: dict[str, GlueTask] = {
@@ -82,11 +86,11 @@ GLUE_TASKS: dict[str, GlueTask] = {
         _task("sst2", "SST-2", "sst2", ("sentence",), ("negative", "positive"), ("accuracy",),
               TsvLayout(True, ("sentence",), "label")),
         _task("mrpc", "MRPC", "mrpc", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"),
-              ("f1", "accuracy"), TsvLayout(True, ("#1 String", "#2 String"), "Quality")),
+              ("f1", "accuracy"), TsvLayout(True, ("#1 String", "#2 String"), "Quality"), score=("f1",)),
         _task("qqp", "QQP", "qqp", ("question1", "question2"), ("not_duplicate", "duplicate"), ("accuracy", "f1"),
-              TsvLayout(True, ("question1", "question2"), "is_duplicate")),
+              TsvLayout(True, ("question1", "question2"), "is_duplicate"), score=("accuracy", "f1")),
         _task("stsb", "STS-B", "stsb", ("sentence1", "sentence2"), None, ("pearson", "spearmanr"),
-              TsvLayout(True, ("sentence1", "sentence2"), "score")),
+              TsvLayout(True, ("sentence1", "sentence2"), "score"), score=("spearmanr",)),
         _task("mnli", "MNLI", "mnli", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"),
               ("accuracy",), TsvLayout(True, ("sentence1", "sentence2"), "gold_label"),
               label_map={"entailment": 0, "neutral": 1, "contradiction": 2},

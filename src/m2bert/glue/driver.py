@@ -222,7 +222,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Validate, run round 1 and round 2 (the chain), aggregate; returns results incl. table and paths."""
     from m2bert.glue.jobs import get_tokenizer
     from m2bert.glue.results import write_results
-    from m2bert.glue.start import resolve_start
+    from m2bert.glue.start import max_length, padding_invariant, resolve_start
     from m2bert.train.builders import resolve_device_and_precision
 
     t0 = time.perf_counter()
@@ -240,10 +240,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if len(tok) > start.config.vocab_size:
         raise ConfigError(f"tokenizer {start.tokenizer} has {len(tok)} tokens but the model's vocab_size is "
                           f"{start.config.vocab_size}; pass the tokenizer the checkpoint was trained with (start.tokenizer)")
-    if not cfg.data.pad_to_max_length and not start.config.padding_invariant:
+    if not cfg.data.pad_to_max_length and not padding_invariant(start.config):
         raise ConfigError(f"data.pad_to_max_length=false needs a padding-invariant model; {start.path} is not "
                           "(an original checkpoint reproduces the original, whose outputs depend on padding)")
-    limit = min(start.config.long_conv_l_max, start.config.max_position_embeddings)
+    limit = max_length(start.config)
     if cfg.data.max_seq_len > limit:
         raise ConfigError(f"data.max_seq_len={cfg.data.max_seq_len} exceeds what {start.path} supports ({limit})")
     run_dir = cfg.run_dir or os.path.join(cfg.run_root, cfg.run_name)
@@ -269,7 +269,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             chain_start = resolve_start("hf", source_job["final_model"], tokenizer=start.tokenizer)
         log.info("round 2 %s starts from %s", p["round2"], chain_start.path)
         jobs += run_round(job_specs(cfg, run_dir, p["round2"], p["settings"], chain_start, 2, p["source"]), chain_start)
-    label = f"ours ({os.path.basename(os.path.normpath(start.path))}, {start.kind})"
+    label = str(cfg.run_name)  # the row says which run it is; the start is in results.json
     extra = {
         "run_dir": run_dir, "start": {"kind": start.kind, "path": start.path, "tokenizer": start.tokenizer},
         "rounds": {"1": p["round1"], "2": p["round2"]}, "chain_source": p["source"],

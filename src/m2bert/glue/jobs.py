@@ -153,7 +153,7 @@ def run_job(spec: JobSpec, start: Any | None = None) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from m2bert.data.glue import get_task
-    from m2bert.glue.start import load_classifier, resolve_start
+    from m2bert.glue.start import load_classifier, padding_invariant, resolve_start
     from m2bert.train import builders
     from m2bert.train.builders import ConfigError
     from m2bert.train.composer_models import ComposerClassifier
@@ -168,7 +168,7 @@ def run_job(spec: JobSpec, start: Any | None = None) -> dict[str, Any]:
     device, precision = builders.resolve_device_and_precision(spec.device, spec.precision)
     os.makedirs(spec.out_dir, exist_ok=True)
 
-    if not spec.pad_to_max_length and not start.config.padding_invariant:
+    if not spec.pad_to_max_length and not padding_invariant(start.config):
         raise ConfigError(f"data.pad_to_max_length=false needs a padding-invariant model; {start.path} is not "
                           "(an original checkpoint reproduces the original, whose outputs depend on padding)")
     train = task_dataset(t.name, spec.data_source, "train", start.tokenizer, spec.max_seq_len,

@@ -1,11 +1,13 @@
 """Aggregating GLUE jobs: per-task mean/median over seeds, the GLUE average, results.json/.csv, the
 Markdown table beside the published row, a bar chart, and the Hydra sweep report.
 
-Scores follow the original driver (HazyResearch/m2 and MosaicML examples ``glue.py``): a task's score
-is the mean, ×100, of all its metric values over seeds and eval splits — i.e. the mean over seeds of
-the task's metric average: MNLI = mean(acc m, acc mm), QQP = mean(acc, F1), MRPC = mean(F1, acc),
-STS-B = mean(Pearson, Spearman), CoLA = Matthews, others accuracy. The GLUE average is the mean of the
-task scores over the paper's 8 tasks that were run (WNLI and the sample tasks are reported apart).
+Scores use the paper's metric set (HazyResearch/m2 ``bert/src/glue/finetuning_jobs.py``): MNLI = mean of
+matched and mismatched accuracy, QQP = mean(accuracy, F1), MRPC = F1, STS-B = Spearman, CoLA = Matthews,
+the rest accuracy (``GlueTask.score_metrics``). Every other metric GLUE reports (MRPC accuracy, STS-B
+Pearson) stays in the detail table, marked as not part of the score. A task's score is the mean over
+seeds of that average, ×100; the GLUE average is the mean of the task scores over the paper's 8 tasks
+that were run (WNLI and the sample tasks are reported apart). Printed values are rounded half-up, as
+the paper's tables are.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import json
 import logging
 import os
 import statistics
+from decimal import ROUND_HALF_UP, Decimal
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +34,34 @@ PAPER_COLUMNS = [("mnli", "mnli", "MNLI (m/mm)"), ("rte", "rte", "RTE"), ("qnli"
                  ("qqp", "qqp", "QQP"), ("sst2", "sst2", "SST-2"), ("stsb", "stsb", "STS-B"),
                  ("cola", "cola", "CoLA"), ("mrpc", "mrpc", "MRPC")]
 GLUE_AVERAGE_TASKS = tuple(c[0] for c in PAPER_COLUMNS)
-DEFAULT_PUBLISHED = Path(__file__).resolve().parents[3].parent / "shared" / "reference" / "published.json"
+# The published numbers travel with the package, so an installed m2bert prints the comparison row too.
+PUBLISHED_RESOURCE = "published.json"
 
 
-def job_score(metrics: dict[str, dict[str, float]]) -> float:
-    """A job's metric average ×100 over all eval splits and metrics (the original's per-task value)."""
-    values = [v for ms in metrics.values() for v in ms.values()]
+def score_metrics(task: str) -> tuple[str, ...]:
+    """The metrics a task's score averages (the paper's set); unknown tasks score on all their metrics."""
+    from m2bert.data.glue import get_task
+
+    try:
+        return get_task(task).score_metrics
+    except KeyError:
+        return ()
+
+
+def job_score(task: str, metrics: dict[str, dict[str, float]]) -> float:
+    """A job's score ×100: the mean of the task's score metrics over its eval splits (MNLI: m and mm)."""
+    keep = score_metrics(task)
+    values = [v for ms in metrics.values() for m, v in ms.items() if not keep or m in keep]
+    if not values:
+        raise ValueError(f"{task}: none of the score metrics {list(keep)} in {metrics}")
     return 100.0 * sum(values) / len(values)
+
+
+def fmt(v: float | None, digits: int = 1) -> str:
+    """Round half-up, as the paper's tables do (80.85 → 80.9, where Python's format gives 80.8)."""
+    if v is None:
+        return "–"
+    return str(Decimal(repr(float(v))).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -52,29 +77,31 @@ def aggregate(jobs: list[dict[str, Any]]) -> dict[str, Any]:
     tasks: dict[str, Any] = {}
     for task, js in by_task.items():
         keys = [(split, m) for split, ms in js[0]["metrics"].items() for m in ms]
+        keep = score_metrics(task)
         metric_stats = {}
         for split, m in keys:
             name = m if len(js[0]["metrics"]) == 1 else f"{split}/{m}"
-            metric_stats[name] = _stats([100.0 * j["metrics"][split][m] for j in js])
+            metric_stats[name] = {**_stats([100.0 * j["metrics"][split][m] for j in js]), "in_score": not keep or m in keep}
         tasks[task] = {"seeds": [j["seed"] for j in js], "metrics": metric_stats,
-                       "score": _stats([job_score(j["metrics"]) for j in js])}
+                       "score_metrics": list(keep), "score": _stats([job_score(task, j["metrics"]) for j in js])}
     in_avg = [t for t in GLUE_AVERAGE_TASKS if t in tasks]
     glue = statistics.fmean(tasks[t]["score"]["mean"] for t in in_avg) if in_avg else None
     return {"tasks": tasks, "glue_average": glue, "glue_average_tasks": in_avg}
 
 
 def load_published(path: str | os.PathLike[str] | None, model_size: str) -> dict[str, float] | None:
-    """The published GLUE dev row for a model size, read at run time (None when unavailable)."""
-    p = Path(path) if path else DEFAULT_PUBLISHED
-    if not p.is_file():
-        log.info("published numbers not found at %s; tables will have no published row", p)
-        return None
-    with open(p) as f:
-        return json.load(f).get("glue_dev", {}).get(model_size)
+    """The published GLUE dev row for a model size: from ``path`` if given, else the package's copy."""
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            log.warning("published numbers not found at %s; tables will have no published row", p)
+            return None
+        data = json.loads(p.read_text())
+    else:
+        data = json.loads(resources.files("m2bert.glue").joinpath(PUBLISHED_RESOURCE).read_text())
+    return data.get("glue_dev", {}).get(model_size)
 
 
-def _fmt(v: float | None) -> str:
-    return "–" if v is None else f"{v:.1f}"
 
 
 def _mnli_cell(agg: dict[str, Any]) -> str:
@@ -83,7 +110,7 @@ def _mnli_cell(agg: dict[str, Any]) -> str:
         return "–"
     m = t["metrics"].get("validation_matched/accuracy", {}).get("mean")
     mm = t["metrics"].get("validation_mismatched/accuracy", {}).get("mean")
-    return f"{_fmt(m)} / {_fmt(mm)}"
+    return f"{fmt(m)} / {fmt(mm)}"
 
 
 def _row_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -100,16 +127,16 @@ def markdown_table(agg: dict[str, Any], published: dict[str, float] | None, labe
         ours = [label]
         for task, _, _ in PAPER_COLUMNS:
             t = agg["tasks"].get(task)
-            ours.append(_mnli_cell(agg) if task == "mnli" else (_fmt(t["score"]["mean"]) if t else "–"))
-        rows = [ours + [_fmt(agg["glue_average"])]]
+            ours.append(_mnli_cell(agg) if task == "mnli" else (fmt(t["score"]["mean"]) if t else "–"))
+        rows = [ours + [fmt(agg["glue_average"])]]
         if published:
             pub = [f"{model_size} (published)"]
             for task, key, _ in PAPER_COLUMNS:
                 if task == "mnli" and "mnli_m" in published:
-                    pub.append(f"{_fmt(published.get('mnli_m'))} / {_fmt(published.get('mnli_mm'))}")
+                    pub.append(f"{fmt(published.get('mnli_m'))} / {fmt(published.get('mnli_mm'))}")
                 else:
-                    pub.append(_fmt(published.get(key)))
-            rows.append(pub + [_fmt(published.get("average"))])
+                    pub.append(fmt(published.get(key)))
+            rows.append(pub + [fmt(published.get("average"))])
         text = "\n".join(_row_table(header, rows))
         missing = [c[2] for c in PAPER_COLUMNS if c[0] not in agg["tasks"]]
         if missing:
@@ -118,13 +145,16 @@ def markdown_table(agg: dict[str, Any], published: dict[str, float] | None, labe
         blocks.append(text)
     other = [t for t in agg["tasks"] if t not in GLUE_AVERAGE_TASKS]
     if other:
-        rows = [[label] + [_fmt(agg["tasks"][t]["score"]["mean"]) for t in other]]
+        rows = [[label] + [fmt(agg["tasks"][t]["score"]["mean"]) for t in other]]
         blocks.append("Tasks outside the paper's GLUE average:\n\n" + "\n".join(_row_table(["Model"] + other, rows)))
     detail = ["| Task | Seeds | Metric | Mean | Median | Std |", "|---|---|---|---:|---:|---:|"]
     for task, t in agg["tasks"].items():
         seeds = ",".join(str(s) for s in t["seeds"])
-        for name, st in list(t["metrics"].items()) + [("score (metric average)", t["score"])]:
-            detail.append(f"| {task} | {seeds} | {name} | {st['mean']:.2f} | {st['median']:.2f} | {st['std']:.2f} |")
+        score_name = f"score ({' + '.join(t.get('score_metrics') or ['all metrics'])})"
+        for name, st in list(t["metrics"].items()) + [(score_name, t["score"])]:
+            label = name if st.get("in_score", True) else f"{name} (not in score)"
+            detail.append(f"| {task} | {seeds} | {label} | {fmt(st['mean'], 2)} | {fmt(st['median'], 2)} | "
+                          f"{fmt(st['std'], 2)} |")
     blocks.append("\n".join(detail))
     return "\n\n".join(blocks) + "\n"
 
@@ -139,12 +169,40 @@ def write_csv(path: str, jobs: list[dict[str, Any]], agg: dict[str, Any]) -> Non
                 for m, v in ms.items():
                     name = m if len(j["metrics"]) == 1 else f"{split}/{m}"
                     w.writerow(["job", j["task"], j["seed"], name, f"{100 * v:.4f}", "", "", "", "", j.get("time_s", "")])
-            w.writerow(["job", j["task"], j["seed"], "score", f"{job_score(j['metrics']):.4f}", "", "", "", "", j.get("time_s", "")])
+            w.writerow(["job", j["task"], j["seed"], "score", f"{job_score(j['task'], j['metrics']):.4f}", "", "", "", "",
+                        j.get("time_s", "")])
         for task, t in agg["tasks"].items():
             for name, st in list(t["metrics"].items()) + [("score", t["score"])]:
                 w.writerow(["task", task, "", name, "", f"{st['mean']:.4f}", f"{st['median']:.4f}", f"{st['std']:.4f}", st["n"], ""])
         if agg["glue_average"] is not None:
             w.writerow(["glue", "average", "", "score", "", f"{agg['glue_average']:.4f}", "", "", len(agg["glue_average_tasks"]), ""])
+
+
+def grouped_bars(ax: Any, groups: list[str], series: list[tuple[str, list[float | None], list[float] | None]]) -> None:
+    """Bars of several series side by side, centred on each group, each bar labelled with its value.
+
+    A series may lack a value for a group (None): the group's remaining bars stay centred. The value
+    axis starts a little below the lowest bar, since these charts are read for 1–2 point differences.
+    """
+    width = 0.8 / max(len(series), 1)
+    values = [v for _, vals, _ in series for v in vals if v is not None]
+    for g, _group in enumerate(groups):
+        present = [k for k, (_, vals, _) in enumerate(series) if vals[g] is not None]
+        for slot, k in enumerate(present):
+            name, vals, errs = series[k]
+            x = g + (slot - (len(present) - 1) / 2) * width
+            err = errs[g] if errs and errs[g] else None
+            bar = ax.bar(x, vals[g], width * 0.95, yerr=err, capsize=3, color=f"C{k}",
+                         hatch="//" if name == "published" else None, label=name)
+            ax.bar_label(bar, labels=[fmt(vals[g])], fontsize=7, padding=2)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=8)
+    ax.set_xticks(list(range(len(groups))), groups, rotation=30, ha="right")
+    if values:
+        low, high = min(values), max(values)
+        pad = max(2.0, 0.1 * (high - low))
+        ax.set_ylim(low - pad if low < 0 else max(0.0, low - pad), high + pad)
 
 
 def bar_chart(path: str, agg: dict[str, Any], published: dict[str, float] | None, label: str) -> str:
@@ -155,23 +213,21 @@ def bar_chart(path: str, agg: dict[str, Any], published: dict[str, float] | None
     import matplotlib.pyplot as plt
 
     tasks = list(agg["tasks"])
-    ours = [agg["tasks"][t]["score"]["mean"] for t in tasks]
+    ours: list[float | None] = [agg["tasks"][t]["score"]["mean"] for t in tasks]
     err = [agg["tasks"][t]["score"]["std"] for t in tasks]
     pub = [(published or {}).get(t) for t in tasks]
     if agg["glue_average"] is not None:
         tasks, ours, err = tasks + ["GLUE avg"], ours + [agg["glue_average"]], err + [0.0]
         pub = pub + [(published or {}).get("average")]
-    x = range(len(tasks))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(tasks)), 4.0))
-    w = 0.38
-    ax.bar([i - w / 2 for i in x], ours, w, yerr=err, capsize=3, label=label)
-    if any(p is not None for p in pub):
-        ax.bar([i + w / 2 for i in x], [p or 0.0 for p in pub], w, label="published", color="#bbbbbb", hatch="//")
     names = {task: header.split(" ")[0] for task, _, header in PAPER_COLUMNS} | {"wnli": "WNLI"}
-    ax.set_xticks(list(x), [names.get(t, t) for t in tasks], rotation=30, ha="right")
-    ax.set_ylabel("score (metric average ×100)")
-    ax.set_title("GLUE dev")
-    ax.legend(fontsize=8)
+    series: list[tuple[str, list[float | None], list[float] | None]] = [(label, ours, err)]
+    if any(p is not None for p in pub):
+        series.append(("published", pub, None))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(tasks)), 4.0))
+    grouped_bars(ax, [names.get(t, t) for t in tasks], series)
+    ax.set_ylabel("task score ×100 (the paper's metric set)")
+    glue_shown = any(t in GLUE_AVERAGE_TASKS for t in agg["tasks"])
+    ax.set_title("GLUE dev" if glue_shown else "Fine-tuning tasks (dev)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

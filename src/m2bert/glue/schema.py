@@ -118,7 +118,7 @@ class GlueConfig:
     grad_clip_norm: float = 0.0  # the original's GLUE jobs do not clip
     save_final: str = "chain"  # chain (only the chain source's first seed) | all | none
     console_log_interval: str = "50ba"
-    published: Optional[str] = None  # published.json; default ../shared/reference/published.json if present
+    published: Optional[str] = None  # a published.json to compare with; default: the copy inside the package
     plot: bool = True
     kernels: str = "auto"  # speed-only (as impl.kernels in pretraining)
 

@@ -15,6 +15,10 @@ pooler) comes from the checkpoint and whose classifier layer is fresh:
 The classifier layer is always re-initialised (its label count differs between tasks); the pooler is
 kept, as the original does when it loads the MNLI checkpoint for RTE, MRPC and STS-B
 (Composer ``load_ignore_keys`` on the classifier only).
+
+An ``hf`` start may also be the Transformer baseline (a transformers ``BertForMaskedLM`` export of
+``m2bert-pretrain model=bert_*``): it fine-tunes as ``BertForSequenceClassification`` through the same
+jobs, so M2 and BERT are compared by one driver.
 """
 from __future__ import annotations
 
@@ -26,13 +30,39 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import BertConfig, PretrainedConfig
 
 from m2bert.config import M2BertConfig
 from m2bert.train.builders import ConfigError
 
 log = logging.getLogger(__name__)
 
-_DROP_PREFIXES = ("head.classifier.", "mlm_head.")
+# Never carried over from a start: task-specific classifiers and MLM heads (ours, then transformers' BERT).
+_DROP_PREFIXES = ("head.classifier.", "mlm_head.", "classifier.", "cls.")
+_CONFIG_CLASSES: dict[str, type[PretrainedConfig]] = {M2BertConfig.model_type: M2BertConfig, "bert": BertConfig}
+
+
+def config_from_dict(d: dict[str, Any], where: str = "config") -> PretrainedConfig:
+    """An M2-BERT or (the baseline) BERT config, by the dict's ``model_type``."""
+    cls = _CONFIG_CLASSES.get(d.get("model_type", M2BertConfig.model_type))
+    if cls is None:
+        raise ConfigError(f"start: {where} is a {d.get('model_type')!r} config; m2bert fine-tunes "
+                          f"{' or '.join(sorted(_CONFIG_CLASSES))} models")
+    return cls.from_dict(d)
+
+
+def is_m2(config: PretrainedConfig) -> bool:
+    return isinstance(config, M2BertConfig)
+
+
+def max_length(config: PretrainedConfig) -> int:
+    """The longest input the model takes (M2: also bounded by its filter length)."""
+    return min(getattr(config, "long_conv_l_max", config.max_position_embeddings), config.max_position_embeddings)
+
+
+def padding_invariant(config: PretrainedConfig) -> bool:
+    """BERT masks padded keys in attention, so it is; M2 is unless it reproduces the original."""
+    return bool(getattr(config, "padding_invariant", True))
 
 
 @dataclass
@@ -41,7 +71,7 @@ class Start:
 
     kind: str
     path: str
-    config: M2BertConfig
+    config: PretrainedConfig  # M2BertConfig, or BertConfig for the baseline
     tokenizer: str
     state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
 
@@ -51,15 +81,15 @@ class Start:
                 "_config_dict": self.config.to_dict()}
 
 
-def _hf_config(path: str) -> M2BertConfig:
+def _hf_config(path: str) -> PretrainedConfig:
     cfg_file = path if path.endswith(".json") else os.path.join(path, "config.json")
     if not os.path.isfile(cfg_file):
         raise ConfigError(f"start: no model config at {cfg_file}")
     with open(cfg_file) as f:
         d = json.load(f)
-    if d.get("model_type") != M2BertConfig.model_type:
-        raise ConfigError(f"start: {cfg_file} is a {d.get('model_type')!r} config, not an M2-BERT ({M2BertConfig.model_type})")
-    return M2BertConfig.from_dict(d)
+    if "model_type" not in d:
+        raise ConfigError(f"start: {cfg_file} has no model_type; is it a Hugging Face model config?")
+    return config_from_dict(d, cfg_file)
 
 
 def _has_tokenizer(path: str) -> bool:
@@ -143,14 +173,14 @@ def resolve_start(kind: str, path: str, config: str | None = None, tokenizer: st
     if kind == "hf":
         if not os.path.isdir(path):
             raise ConfigError(f"start: Hugging Face directory {path} does not exist")
-        model_config = M2BertConfig.from_dict(config_dict) if config_dict else _hf_config(config or path)
+        model_config = config_from_dict(config_dict) if config_dict else _hf_config(config or path)
         tok = tokenizer or (path if _has_tokenizer(path) else None)
         state = _hf_state(path)
     elif kind == "composer":
         path = _composer_file(path)
         beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "hf")
         if config_dict:
-            model_config = M2BertConfig.from_dict(config_dict)
+            model_config = config_from_dict(config_dict)
         elif config or os.path.isfile(os.path.join(beside, "config.json")):
             model_config = _hf_config(config or beside)
         else:
@@ -187,11 +217,16 @@ def resolve_start(kind: str, path: str, config: str | None = None, tokenizer: st
     return Start(kind=kind, path=path, config=model_config, tokenizer=str(tok), state=state)
 
 
-def classifier_config(start: Start, num_labels: int, pooling: str, kernels: str | None = None) -> M2BertConfig:
+def classifier_config(start: Start, num_labels: int, pooling: str, kernels: str | None = None) -> PretrainedConfig:
     d = start.config.to_dict()
     for k in ("id2label", "label2id", "num_labels", "architectures"):
         d.pop(k, None)
-    d.update(num_labels=num_labels, pooling=pooling)
+    d["num_labels"] = num_labels
+    if not is_m2(start.config):
+        if pooling != "cls":
+            raise ConfigError(f"pooling={pooling!r}: the BERT baseline classifies from its [CLS] pooler; use pooling=cls")
+        return config_from_dict(d)
+    d["pooling"] = pooling
     if kernels is not None:
         d["kernels"] = kernels
     return M2BertConfig.from_dict(d)
@@ -199,16 +234,23 @@ def classifier_config(start: Start, num_labels: int, pooling: str, kernels: str 
 
 def load_classifier(start: Start, num_labels: int, pooling: str, kernels: str | None = None) -> torch.nn.Module:
     """A fresh classifier with the start's encoder (and pooler if it has one); the classifier layer is new."""
+    from transformers import BertForSequenceClassification
+
     from m2bert.model import M2BertForSequenceClassification
 
-    model = M2BertForSequenceClassification(classifier_config(start, num_labels, pooling, kernels))
+    config = classifier_config(start, num_labels, pooling, kernels)
+    if is_m2(config):
+        model: torch.nn.Module = M2BertForSequenceClassification(config)
+    else:
+        model = BertForSequenceClassification(config)
     state = {k: v for k, v in start.state.items() if not k.startswith(_DROP_PREFIXES)}
     result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("head.")]
+    fresh = ("head.", "classifier.", "bert.pooler.")  # new per task (the pooler only where the start has none)
+    missing = [k for k in result.missing_keys if not k.startswith(fresh)]
     if missing or result.unexpected_keys:
         raise ConfigError(f"start: {start.path} does not match the model config: missing {missing[:10]}, "
                           f"unexpected {list(result.unexpected_keys)[:10]}")
-    kept_pooler = not any(k.startswith("head.pooler.") for k in result.missing_keys)
+    kept_pooler = not any(k.startswith(("head.pooler.", "bert.pooler.")) for k in result.missing_keys)
     log.debug("loaded %s (%s): encoder%s from checkpoint, classifier fresh", start.path, start.kind,
               " and pooler" if kept_pooler else "")
     return model

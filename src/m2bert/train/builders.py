@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 BERT_PRESETS: dict[str, dict[str, Any]] = {
     "bert-base": {},  # transformers' BertConfig defaults are bert-base
     "bert-tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
+    # m2-bert-small's width and depth (the CPU quality study's baseline)
+    "bert-small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
 }
 
 

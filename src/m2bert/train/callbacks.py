@@ -8,7 +8,9 @@ from composer.loggers import Logger
 
 
 class EvalHistory(Callback):
-    """Keeps (batch, loss, accuracy) of every MLM evaluation, for summaries and tests."""
+    """Keeps (batch, samples, training seconds, loss, accuracy) of every MLM evaluation, for summaries,
+    loss curves (vs tokens and vs wall-clock) and tests. Seconds are Composer's training wall-clock,
+    which excludes evaluation."""
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
@@ -17,8 +19,11 @@ class EvalHistory(Callback):
         metrics = state.eval_metrics.get("eval", {})
         if "LanguageCrossEntropy" not in metrics:
             return
+        wct = state.timestamp.total_wct
         self.records.append({
             "batch": int(state.timestamp.batch),
+            "samples": int(state.timestamp.sample),
+            "seconds": round(wct.total_seconds(), 3) if wct is not None else None,
             "loss": float(metrics["LanguageCrossEntropy"].compute()),
             "accuracy": float(metrics["MaskedAccuracy"].compute()) if "MaskedAccuracy" in metrics else None,
         })
