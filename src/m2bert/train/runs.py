@@ -29,11 +29,30 @@ RUN_NAME_RESOLVER = "m2bert_run_name"
 _generated: str | None = None
 
 
+def _launcher_start_time() -> float | None:
+    """When the parent process started (Linux), if we are one of several ranks it launched.
+
+    Ranks of ``composer -n N``/torchrun start a second or so apart; their launcher's start time is the
+    same for all of them, so their Hydra folders agree too (the name itself is broadcast from rank 0).
+    """
+    if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) <= 1:
+        return None
+    try:
+        with open(f"/proc/{os.getppid()}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time in clock ticks after boot
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
 def generated_run_name() -> str:
     """This process's default run name, the same every time it is asked for (Hydra dir and run dir agree)."""
     global _generated
     if _generated is None:
-        _generated = "m2bert-pretrain-" + time.strftime("%Y%m%d-%H%M%S")
+        started = _launcher_start_time()
+        _generated = "m2bert-pretrain-" + time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
     return _generated
 
 
