@@ -179,3 +179,24 @@ def test_cli_reports_errors_and_json(tmp_path: Path, capsys: pytest.CaptureFixtu
                             "--no-progress"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["splits"]["train"]["rows"] == 3 and out["mode"] == "text"
+
+
+def test_force_replaces_all_splits_or_none(tmp_path: Path) -> None:
+    """--force --splits train val with a bad validation file: train is not replaced either (no mixed dataset)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    train = _write(src / "c4-train.00000-of-00001.json", GOOD * 5)
+    val = _write(src / "c4-validation.00000-of-00001.json", GOOD * 3)
+    out = tmp_path / "out"
+    convert(str(src), str(out), splits=["train", "val"], progress=False)
+    train.write_bytes(GOOD * 9)
+    val.write_bytes(GOOD + b"this is not json\n")
+    with pytest.raises(C4InputError, match=r"c4-validation.*line 2: not JSON"):
+        convert(str(src), str(out), splits=["train", "val"], force=True, progress=False)
+    assert len(_read_split(out / "train")) == 5  # the old train, not the new one
+    assert len(_read_split(out / "val")) == 3
+    assert sorted(p.name for p in out.iterdir()) == ["train", "val"]  # no hidden partial folders left
+    val.write_bytes(GOOD * 4)
+    convert(str(src), str(out), splits=["train", "val"], force=True, progress=False)
+    assert (len(_read_split(out / "train")), len(_read_split(out / "val"))) == (9, 4)
+    assert sorted(p.name for p in out.iterdir()) == ["train", "val"]

@@ -50,6 +50,7 @@ def pretrain(paths: dict[str, Path], out: Path, batches: int, model: str) -> dic
         f"max_duration={batches}ba", f"eval_interval={max(batches // 4, 1)}ba", "eval_at_start=true",
         "optimizer.lr=2e-3", "scheduler.t_warmup=0.06dur", f"save_interval={batches}ba",
         f"console_log_interval={max(batches // 10, 1)}ba", f"run_root={out / 'runs'}", "run_name=demo-pretrain",
+        "overwrite=true",  # the demo is rerun into the same folder
     ]
     with initialize_config_module(config_module="m2bert.yamls", version_base=None):
         cfg = compose(config_name="pretrain", overrides=overrides)

@@ -32,16 +32,30 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Build everything from a validated config, train, export; returns a short summary."""
     from composer import Evaluator, Trainer
     from composer.algorithms import GradientClipping
-    from composer.utils import dist, reproducibility
+    from composer.utils import dist, format_name_with_dist, reproducibility
 
     from m2bert.data.mlm import build_mlm_dataloader
     from m2bert.data.tokenizer import load_tokenizer
     from m2bert.train import builders
+    from m2bert.train import runs
     from m2bert.train.callbacks import EvalHistory, ResumableRNG
+    from m2bert.train.checkpoint_safety import check_checkpoint
     from m2bert.train.composer_models import ComposerMLM
 
     check_data(cfg.data)
     device, precision = builders.resolve_device_and_precision(cfg.device, cfg.precision)
+    run_name = runs.agree_on_run_name(cfg.run_name, device)
+    run_dir = os.path.join(cfg.run_root, run_name)
+    save_folder = cfg.save_folder or os.path.join(run_dir, "checkpoints")
+    runs.guard_save_folder(save_folder, cfg.autoresume, cfg.overwrite)
+    resume_from = runs.prepare_autoresume(save_folder, dist.get_global_rank()) if cfg.autoresume else None
+    resume_from = resume_from and os.path.realpath(resume_from)  # refusals name the file, not the link
+    for ckpt in (resume_from, cfg.load_path and format_name_with_dist(cfg.load_path, run_name)):
+        if ckpt is not None and "://" in str(ckpt) and not cfg.trust_checkpoint:
+            raise builders.ConfigError(f"load_path={ckpt} is remote and cannot be checked before Composer unpickles it: "
+                                       f"download it and pass the local file, or set trust_checkpoint=true")
+        if ckpt is not None:
+            check_checkpoint(ckpt, cfg.trust_checkpoint)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     world = dist.get_world_size()
     if cfg.global_train_batch_size % world:
@@ -52,19 +66,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
              sum(p.numel() for p in model.parameters()) / 1e6)
 
     def loader(split: str, mlm_probability: float, batch_size: int, shuffle: bool) -> Any:
-        # Training drops the last partial batch (constant batch size); evaluation sees every row.
+        # Training drops the last partial batch (constant batch size) and re-masks every epoch; evaluation sees
+        # every row, with the same masks on every pass.
         return build_mlm_dataloader(
             local=cfg.data.local, remote=cfg.data.remote, split=split, tokenizer=tokenizer, max_seq_len=cfg.data.max_seq_len, batch_size=batch_size,
             mlm_probability=mlm_probability, shuffle=shuffle, seed=cfg.seed, num_workers=cfg.data.num_workers,
-            drop_last=shuffle,
+            drop_last=shuffle, remask_each_epoch=shuffle,
         )
 
     train_loader = loader(cfg.data.train_split, cfg.data.mlm_probability, cfg.global_train_batch_size // world, True)
     eval_loader = loader(cfg.data.eval_split, cfg.data.eval_mlm_probability, cfg.device_eval_batch_size, False)
     composer_model = ComposerMLM(model)
     history = EvalHistory()
-    run_dir = os.path.join(cfg.run_root, cfg.run_name)
-    save_folder = cfg.save_folder or os.path.join(run_dir, "checkpoints")
     microbatch = min(cfg.impl.device_train_microbatch_size, cfg.global_train_batch_size // world)
     trainer = Trainer(
         model=composer_model,
@@ -77,8 +90,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         eval_subset_num_batches=cfg.eval_subset_num_batches,
         algorithms=[GradientClipping(clipping_type="norm", clipping_threshold=cfg.grad_clip_norm)] if cfg.grad_clip_norm > 0 else [],
         callbacks=builders.build_callbacks(device) + [history, ResumableRNG()],
-        loggers=builders.build_loggers(cfg.logger, cfg.run_name),
-        run_name=cfg.run_name,
+        loggers=builders.build_loggers(cfg.logger, run_name),
+        run_name=run_name,
         device=device,
         precision=precision,
         device_train_microbatch_size=microbatch,
@@ -86,7 +99,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         save_folder=save_folder,
         save_interval=cfg.save_interval,
         save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
-        save_overwrite=not cfg.autoresume,
+        save_overwrite=cfg.overwrite,
         autoresume=cfg.autoresume,
         load_path=cfg.load_path,
         progress_bar=cfg.progress_bar,

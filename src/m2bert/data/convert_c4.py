@@ -12,7 +12,9 @@ Two output modes, auto-detected by the loader (m2bert.data.mlm):
 Each split goes to ``<out-root>/<split>/`` (``train``, ``train_small``, ``val``, ``val_small``,
 as in MosaicML's converter). It is written to a hidden ``.<split>.partial-*`` folder and renamed
 only after ``index.json`` has been checked against the shards, so an interrupted run never
-leaves a folder that looks complete.
+leaves a folder that looks complete. Local splits are renamed into place together, once every
+requested split has converted: ``--force`` replaces all of them or none (never a new train
+beside an old val).
 """
 from __future__ import annotations
 
@@ -256,6 +258,29 @@ def _split_is_nonempty(out_root: str, split: str) -> bool:
     return p.exists() and (not p.is_dir() or any(p.iterdir()))
 
 
+def _swap_in(converted: list[tuple[Path, Path]]) -> None:
+    """Rename every converted split into place; the previous folders go only after all new ones are in."""
+    old: list[tuple[Path, Path]] = []  # (final, the folder its previous contents were moved into)
+    try:
+        for tmp, final in converted:
+            if final.exists():
+                aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+                os.replace(final, aside / final.name)
+                old.append((final, aside))
+            os.replace(tmp, final)
+    except BaseException:
+        for final, aside in old:  # put the previous splits back: all or none
+            if final.exists():
+                shutil.rmtree(final) if final.is_dir() else final.unlink()
+            os.replace(aside / final.name, final)
+            shutil.rmtree(aside, ignore_errors=True)
+        for tmp, _ in converted:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for _, aside in old:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
 def convert(
     source: str = HF_DATASET,
     out_root: str = "c4-mds",
@@ -314,6 +339,13 @@ def convert(
     summary: dict[str, Any] = {"source": str(source), "out_root": str(out_root), "mode": "tokens" if tok else "text",
                                "tokenizer": tokenizer, "concat_tokens": concat_tokens, "splits": {}}
     remote = is_remote(out_root)
+    if local_files is not None:  # before converting anything: a split without files must not leave the others half-done
+        for split in splits:
+            if not local_files[SPLITS[split].source_split]:
+                raise C4InputError(
+                    f"split {split!r} reads C4's {SPLITS[split].source_split!r} files, but {source} has none "
+                    f"(validation files have 'validation' in their name); choose other --splits")
+    converted: list[tuple[Path, Path]] = []  # local splits' (temporary folder, final folder), swapped in together
     for split in splits:
         spec = SPLITS[split]
         max_docs = spec.max_docs
@@ -399,16 +431,18 @@ def convert(
                 stats.path = final_remote
             else:
                 final = Path(out_root).expanduser() / split
-                if final.exists():
-                    shutil.rmtree(final) if final.is_dir() else final.unlink()
-                os.replace(tmp, final)
+                converted.append((tmp, final))  # renamed into place once every split has converted
                 stats.path = str(final)
+        except BaseException:
+            for done, _ in converted:  # all or none: the splits converted so far are dropped too
+                shutil.rmtree(done, ignore_errors=True)
+            raise
         finally:
             if pool is not None:
                 pool.terminate()
                 pool.join()
             _WORKER_TOKENIZER = None  # the in-process tokenizer is only for this call
-            if tmp.exists():
+            if tmp.exists() and not any(tmp == done for done, _ in converted):
                 shutil.rmtree(tmp, ignore_errors=True)
             if tmp_parent is not None:
                 shutil.rmtree(tmp_parent, ignore_errors=True)
@@ -417,6 +451,7 @@ def convert(
                  stats.documents, stats.rows, stats.shards, rate, stats.skipped, stats.path)
         stats.seconds = round(stats.seconds, 3)
         summary["splits"][split] = {**stats.__dict__, "docs_per_s": round(rate, 1)}
+    _swap_in(converted)
     return summary
 
 

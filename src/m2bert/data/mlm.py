@@ -4,6 +4,9 @@ Masks are a pure function of ``(seed, epoch, sample index)``, not of worker coun
 composition or how many batches came before, so a run resumed mid-epoch from the streaming
 dataset's own state (what Composer checkpoints) sees exactly the masks an uninterrupted run
 would have seen; and every epoch still re-masks each row (dynamic masking, as in RoBERTa/M2).
+Evaluation streams (``remask_each_epoch=False``) mask by ``(seed, sample index)`` alone: every
+evaluation pass restarts the stream as a new epoch, and the eval loss must not depend on how
+many passes came before (a resumed run has made fewer).
 """
 from __future__ import annotations
 
@@ -107,7 +110,8 @@ class MLMStreamingDataset(StreamingDataset):
     """
 
     def __init__(self, *, local: str, remote: str | None = None, split: str | None = None,
-                 tokenizer: PreTrainedTokenizerBase, max_seq_len: int = 128, **kwargs: Any) -> None:
+                 tokenizer: PreTrainedTokenizerBase, max_seq_len: int = 128, remask_each_epoch: bool = True,
+                 **kwargs: Any) -> None:
         self.shard_format = detect_format(locate_index(local, remote, split))
         if self.shard_format.mode == "tokens" and self.shard_format.row_len not in (None, max_seq_len):
             raise ValueError(f"{self.shard_format.index_path}: rows are {self.shard_format.row_len} tokens, but "
@@ -118,6 +122,7 @@ class MLMStreamingDataset(StreamingDataset):
         self.vocab_size = len(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._m2_epoch = 0
+        self.remask_each_epoch = remask_each_epoch
 
     def _resume_incr_epoch(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
         # Remember the epoch this iterator is in (each worker runs this itself) for mask seeding.
@@ -143,7 +148,7 @@ class MLMStreamingDataset(StreamingDataset):
             attention = np.asarray(enc["attention_mask"], dtype=np.int64)
             token_type = np.asarray(enc["token_type_ids"], dtype=np.int64)
         return {"input_ids": ids, "attention_mask": attention, "token_type_ids": token_type,
-                "sample_idx": int(sample_id), "epoch": self._m2_epoch}
+                "sample_idx": int(sample_id), "epoch": self._m2_epoch if self.remask_each_epoch else 0}
 
 
     def _encode(self, text: str) -> Any:
@@ -245,15 +250,18 @@ def build_mlm_dataset(*, local: str, remote: str | None, split: str | None, toke
 
 def build_mlm_dataloader(*, local: str, remote: str | None, split: str, tokenizer: PreTrainedTokenizerBase,
                          max_seq_len: int, batch_size: int, mlm_probability: float, shuffle: bool, seed: int,
-                         num_workers: int = 0, drop_last: bool = True, **dataset_kwargs: Any) -> StreamingDataLoader:
+                         num_workers: int = 0, drop_last: bool = True, remask_each_epoch: bool = True,
+                         **dataset_kwargs: Any) -> StreamingDataLoader:
     """A StreamingDataLoader of MLM batches: int64 input_ids, attention_mask, token_type_ids, labels (B, L).
 
     ``local`` is the local dataset root (or the cache, with ``remote``); shards may be raw text or
-    pre-tokenised, detected from ``index.json``. Extra keyword arguments go to StreamingDataset
+    pre-tokenised, detected from ``index.json``. ``remask_each_epoch=False`` (evaluation) gives every
+    pass the same masks. Extra keyword arguments go to StreamingDataset
     (``predownload``, ``num_canonical_nodes``, ``epoch_size``, ``cache_limit``, …).
     """
     dataset = build_mlm_dataset(local=local, remote=remote, split=split, tokenizer=tokenizer, max_seq_len=max_seq_len,
-                                shuffle=shuffle, seed=seed, batch_size=batch_size, **dataset_kwargs)
+                                shuffle=shuffle, seed=seed, batch_size=batch_size, remask_each_epoch=remask_each_epoch,
+                                **dataset_kwargs)
     collator = MLMCollator(tokenizer, mlm_probability=mlm_probability, seed=seed)
     log.info("MLM stream %s (%s rows, %s mode), batch %d, mlm_probability %.2f", _split_dir(local, split),
              dataset.size, dataset.shard_format.mode, batch_size, mlm_probability)

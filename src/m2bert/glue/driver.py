@@ -233,7 +233,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     p = plan(cfg)
     check_data(cfg.data.source, p["round1"] + p["round2"])
     resolve_device_and_precision(cfg.device, cfg.precision)
-    start = resolve_start(cfg.start.kind, cfg.start.path, cfg.start.config, cfg.start.tokenizer)
+    start = resolve_start(cfg.start.kind, cfg.start.path, cfg.start.config, cfg.start.tokenizer,
+                          trust=cfg.start.trust_checkpoint)
     if p["round2"] and cfg.chain.checkpoint:
         resolve_start("hf", cfg.chain.checkpoint, tokenizer=start.tokenizer)  # fail now, not after round 1
     tok = get_tokenizer(start.tokenizer)

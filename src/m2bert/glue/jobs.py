@@ -164,7 +164,8 @@ def run_job(spec: JobSpec, start: Any | None = None) -> dict[str, Any]:
     s = spec.settings
     if start is None:
         st = spec.start
-        start = resolve_start(st["kind"], st["path"], st.get("config"), st.get("tokenizer"), st.get("_config_dict"))
+        start = resolve_start(st["kind"], st["path"], st.get("config"), st.get("tokenizer"), st.get("_config_dict"),
+                              trust=bool(st.get("trust", False)))
     device, precision = builders.resolve_device_and_precision(spec.device, spec.precision)
     os.makedirs(spec.out_dir, exist_ok=True)
 

@@ -76,6 +76,7 @@ class StartConfig:
     path: str = MISSING
     config: Optional[str] = None  # HF dir / config.json; for original: a JSON or a .pt holding io['config']
     tokenizer: Optional[str] = None  # tokenizer dir, vocab.txt or hub id
+    trust_checkpoint: bool = False  # true: unpickle a composer start without the safety check (trusted files only)
 
 
 @dataclass

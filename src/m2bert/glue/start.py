@@ -74,11 +74,12 @@ class Start:
     config: PretrainedConfig  # M2BertConfig, or BertConfig for the baseline
     tokenizer: str
     state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    trust: bool = False  # start.trust_checkpoint: unpickle a Composer checkpoint without the safety check
 
     def spec(self) -> dict[str, Any]:
         """What a worker process needs to resolve the same start again."""
         return {"kind": self.kind, "path": self.path, "config": None, "tokenizer": self.tokenizer,
-                "_config_dict": self.config.to_dict()}
+                "_config_dict": self.config.to_dict(), "trust": self.trust}
 
 
 def _hf_config(path: str) -> PretrainedConfig:
@@ -129,12 +130,19 @@ def _composer_file(path: str) -> str:
     return path
 
 
-def _composer_state(path: str) -> dict[str, torch.Tensor]:
+def _composer_state(path: str, trust: bool = False) -> dict[str, torch.Tensor]:
+    from m2bert.train.checkpoint_safety import load_checkpoint_safely
+
+    if trust:
+        log.warning("start.trust_checkpoint=true: %s is unpickled without checks; a crafted file can run code", path)
     try:
-        # Our own Composer checkpoints pickle training state (RNG, timestamps) besides tensors, so a
-        # weights-only load cannot read them: only load checkpoints you made or trust.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        # Weights-only unpickling with the few non-tensor types our checkpoints hold (RNG, timestamps);
+        # anything else is refused before it can run (m2bert.train.checkpoint_safety).
+        ckpt = (torch.load(path, map_location="cpu", weights_only=False) if trust
+                else load_checkpoint_safely(path, key="start.trust_checkpoint"))
         model_state = ckpt["state"]["model"]
+    except ConfigError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise ConfigError(f"start: cannot read {path} as a Composer checkpoint: {type(e).__name__}: {e}") from e
     # ComposerMLM / ComposerClassifier keep the HF model under "model."; other keys are aliases.
@@ -165,7 +173,7 @@ def _original_config(path: str | None) -> dict[str, Any]:
 
 
 def resolve_start(kind: str, path: str, config: str | None = None, tokenizer: str | None = None,
-                  config_dict: dict[str, Any] | None = None) -> Start:
+                  config_dict: dict[str, Any] | None = None, trust: bool = False) -> Start:
     """Find and read everything a start needs; any problem is a ConfigError naming the file."""
     if not path:
         raise ConfigError("start.path is not set: give an HF directory, a Composer checkpoint or an original checkpoint")
@@ -187,7 +195,7 @@ def resolve_start(kind: str, path: str, config: str | None = None, tokenizer: st
             raise ConfigError(f"start: no model config for composer checkpoint {path}: set start.config "
                               f"(an HF dir or config.json); looked for {beside}/config.json")
         tok = tokenizer or (config if config and _has_tokenizer(config) else None) or (beside if _has_tokenizer(beside) else None)
-        state = _composer_state(path)
+        state = _composer_state(path, trust)
     elif kind == "original":
         from m2bert.model.original import original_to_ours, read_original_state_dict
 
@@ -214,7 +222,7 @@ def resolve_start(kind: str, path: str, config: str | None = None, tokenizer: st
     encoder = [k for k in state if k.startswith("bert.")]
     if not encoder:
         raise ConfigError(f"start: {path} holds no encoder weights (bert.*)")
-    return Start(kind=kind, path=path, config=model_config, tokenizer=str(tok), state=state)
+    return Start(kind=kind, path=path, config=model_config, tokenizer=str(tok), state=state, trust=trust)
 
 
 def classifier_config(start: Start, num_labels: int, pooling: str, kernels: str | None = None) -> PretrainedConfig:

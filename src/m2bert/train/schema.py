@@ -89,7 +89,7 @@ class PretrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     impl: ImplConfig = field(default_factory=ImplConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    run_name: str = "m2bert-pretrain"
+    run_name: str = "${m2bert_run_name:}"  # default: m2bert-pretrain-<YYYYmmdd-HHMMSS> (m2bert.train.runs)
     run_root: str = "runs"
     seed: int = 17
     global_train_batch_size: int = 4096
@@ -103,8 +103,10 @@ class PretrainConfig:
     save_folder: Optional[str] = None  # default: <run_root>/<run_name>/checkpoints
     save_interval: str = "3500ba"
     save_num_checkpoints_to_keep: int = 1
-    autoresume: bool = False
+    autoresume: bool = False  # continue from the newest complete checkpoint in save_folder
+    overwrite: bool = False  # replace the checkpoints already in save_folder (otherwise refused)
     load_path: Optional[str] = None
+    trust_checkpoint: bool = False  # skip the weights-only check of load_path / autoresume files (trusted files only)
     export_hf: bool = True
     progress_bar: bool = False
     console_log_interval: str = "100ba"
@@ -112,4 +114,7 @@ class PretrainConfig:
 
 
 def register() -> None:
+    from m2bert.train.runs import register_resolver
+
+    register_resolver()
     ConfigStore.instance().store(name="pretrain_schema", node=PretrainConfig)

@@ -1,0 +1,161 @@
+"""Runs are never lost: unique default run names, no silent overwrite, autoresume past a killed save.
+
+* The default run name is ``m2bert-pretrain-<YYYYmmdd-HHMMSS>`` (a Hydra resolver, so Hydra's own
+  output folder uses it too); under a multi-process launch rank 0's name is broadcast, as
+  Composer does for its generated names, so every rank writes to the same folder.
+* A save folder that already holds checkpoints is only continued (``autoresume=true``) or
+  replaced (``overwrite=true``) when the user says so.
+* ``kill -9`` during a checkpoint save leaves a truncated ``ep*-ba*-rank*.pt`` (Composer's
+  autoresume then stops on it with FileExistsError) or a ``latest-rank*.pt`` link to a missing
+  file (Composer then silently restarts from batch 0). :func:`prepare_autoresume` sets partial
+  files aside and points ``latest`` at the newest complete checkpoint before the Trainer is built.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import zipfile
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from m2bert.train.builders import ConfigError
+
+log = logging.getLogger(__name__)
+
+RUN_NAME_RESOLVER = "m2bert_run_name"
+_generated: str | None = None
+
+
+def _launcher_start_time() -> float | None:
+    """When the parent process started (Linux), if we are one of several ranks it launched.
+
+    Ranks of ``composer -n N``/torchrun start a second or so apart; their launcher's start time is the
+    same for all of them, so their Hydra folders agree too (the name itself is broadcast from rank 0).
+    """
+    if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) <= 1:
+        return None
+    try:
+        with open(f"/proc/{os.getppid()}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time in clock ticks after boot
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def generated_run_name() -> str:
+    """This process's default run name, the same every time it is asked for (Hydra dir and run dir agree)."""
+    global _generated
+    if _generated is None:
+        started = _launcher_start_time()
+        _generated = "m2bert-pretrain-" + time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+    return _generated
+
+
+def register_resolver() -> None:
+    if not OmegaConf.has_resolver(RUN_NAME_RESOLVER):
+        OmegaConf.register_new_resolver(RUN_NAME_RESOLVER, generated_run_name)
+
+
+def agree_on_run_name(run_name: str, device: str) -> str:
+    """Rank 0's generated name on every rank (ranks start a second apart); a user's name is kept as is."""
+    from composer.utils import dist
+
+    if run_name != _generated or dist.get_world_size() == 1:
+        return run_name
+    dist.initialize_dist(device)
+    names = [run_name]
+    dist.broadcast_object_list(names, src=0)
+    if names[0] != run_name:
+        log.info("run name %s (rank 0's)", names[0])
+    return str(names[0])
+
+
+def _checkpoint_pattern(rank: int | str = r"\d+") -> re.Pattern[str]:
+    return re.compile(rf"^ep(\d+)-ba(\d+)-rank{rank}\.pt$")
+
+
+def existing_checkpoints(save_folder: str | os.PathLike[str]) -> list[str]:
+    """Names of Composer checkpoints (and ``latest`` links) in ``save_folder``."""
+    folder = Path(save_folder)
+    if not folder.is_dir():
+        return []
+    pattern = _checkpoint_pattern()
+    return sorted(p.name for p in folder.iterdir() if pattern.match(p.name) or p.name.startswith("latest-rank"))
+
+
+def guard_save_folder(save_folder: str, autoresume: bool, overwrite: bool) -> None:
+    """Refuse to start a fresh run over an earlier run's checkpoints unless told to continue or replace them."""
+    if autoresume or overwrite:
+        return
+    found = existing_checkpoints(save_folder)
+    if found:
+        shown = ", ".join(found[:3]) + (", …" if len(found) > 3 else "")
+        raise ConfigError(f"{save_folder} already holds checkpoints of an earlier run ({shown}): continue it with "
+                          f"autoresume=true, replace them with overwrite=true, or choose another run_name")
+
+
+def is_complete(path: str | os.PathLike[str]) -> bool:
+    """A torch zip checkpoint whose central directory and pickle are there (a killed save has neither)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _set_aside(path: Path) -> Path:
+    n = 1
+    while (target := path.with_name(f"{path.name}.partial-{n}")).exists():
+        n += 1
+    os.replace(path, target)
+    return target
+
+
+def prepare_autoresume(save_folder: str | os.PathLike[str], rank: int = 0) -> Path | None:
+    """Make ``latest-rank{rank}.pt`` point at the newest complete checkpoint; return it (None: a fresh run).
+
+    Partial checkpoints (a save killed midway) are renamed ``<name>.partial-<n>`` with a warning, never
+    deleted. A ``latest`` link to a missing or partial file is repointed to the newest complete
+    checkpoint, or, if there is none, refused with one line rather than silently restarting from zero.
+    """
+    folder = Path(save_folder)
+    latest = folder / f"latest-rank{rank}.pt"
+    if not folder.is_dir():
+        return None
+    pattern = _checkpoint_pattern(rank)
+    complete: list[tuple[int, int, Path]] = []
+    for p in folder.iterdir():
+        m = pattern.match(p.name)
+        if not m or not p.is_file():
+            continue
+        if is_complete(p):
+            complete.append((int(m.group(1)), int(m.group(2)), p))
+        else:
+            aside = _set_aside(p)
+            log.warning("autoresume: %s is incomplete (a save was interrupted); set aside as %s", p, aside.name)
+    linked = latest.is_symlink() or latest.exists()
+    target = latest.resolve() if latest.exists() else None  # follows the link; None when it dangles
+    if target is not None and is_complete(target) and not pattern.match(target.name):
+        return latest  # a checkpoint the user put there by hand: used as is (and checked like any other)
+    if not complete:
+        if linked:
+            raise ConfigError(f"autoresume: {latest} points at {os.readlink(latest) if latest.is_symlink() else latest}, "
+                              f"which is missing or incomplete, and {folder} holds no complete checkpoint to resume "
+                              f"from; remove {latest} to start afresh")
+        return None
+    newest = max(complete, key=lambda t: (t[1], t[0]))[2]
+    if target != newest.resolve():
+        log.warning("autoresume: %s %s; resuming from the newest complete checkpoint %s", latest.name,
+                    f"pointed at {os.readlink(latest)}" if latest.is_symlink() else
+                    "was an incomplete file" if linked else "was missing", newest.name)
+        if latest.is_symlink():
+            latest.unlink()
+        elif latest.exists():
+            _set_aside(latest)
+        os.symlink(newest.name, latest)
+    return latest

@@ -1,0 +1,116 @@
+"""Runs are never lost: no silent overwrite, a unique default run name, autoresume past a save killed
+midway (to the same final weights and eval loss as an uninterrupted run), eval masks fixed per sample."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from safetensors.torch import load_file
+
+from m2bert.train.builders import ConfigError
+from m2bert.train.runs import prepare_autoresume
+from m2bert.train.schema import register
+
+register()
+
+
+def _overrides(sample_mds, run_root: Path, run_name: str) -> list[str]:
+    return [
+        "model=m2_bert_tiny", "data=sample", f"data.local={sample_mds['mds']}", f"data.tokenizer={sample_mds['tokenizer']}",
+        "global_train_batch_size=8", "impl.device_train_microbatch_size=8", "device_eval_batch_size=64",
+        "eval_subset_num_batches=1", "max_duration=6ba", "eval_interval=2ba", "save_interval=2ba",
+        "save_num_checkpoints_to_keep=-1", "optimizer.lr=2e-3", "console_log_interval=1000ba",
+        f"run_root={run_root}", f"run_name={run_name}",
+    ]
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
+        return compose(config_name="pretrain", overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def straight(sample_mds, tmp_path_factory) -> dict:
+    """One uninterrupted 6-batch run: checkpoints at 2, 4, 6; evaluations at 2, 4, 6."""
+    from m2bert.pretrain import run
+
+    root = tmp_path_factory.mktemp("runs")
+    return {"root": root, "summary": run(_compose(_overrides(sample_mds, root, "straight")))}
+
+
+def test_rerun_refuses_to_overwrite_checkpoints(straight, sample_mds):
+    from m2bert.pretrain import run
+
+    folder = Path(straight["summary"]["checkpoints"])
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    with pytest.raises(ConfigError) as err:
+        run(_compose(_overrides(sample_mds, straight["root"], "straight")))
+    msg = str(err.value)
+    assert "\n" not in msg and str(folder) in msg and "autoresume=true" in msg and "overwrite=true" in msg, msg
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+
+
+def test_default_run_name_is_unique(sample_mds, tmp_path):
+    cfg = _compose([o for o in _overrides(sample_mds, tmp_path, "x") if not o.startswith("run_name=")])
+    assert cfg.run_name.startswith("m2bert-pretrain-20") and len(cfg.run_name) == len("m2bert-pretrain-20250101-120000")
+
+
+def test_resume_after_a_save_killed_midway_matches_uninterrupted(straight, sample_mds, tmp_path):
+    """kill -9 while ep0-ba4 was being written: a truncated file, latest still at (or linking to) it.
+
+    Autoresume sets the partial file aside, continues from ba2, and ends with the straight run's weights
+    and eval loss (the eval at batch 6 is the straight run's 3rd pass and the resumed run's 2nd).
+    """
+    from m2bert.pretrain import run
+
+    src = Path(straight["summary"]["checkpoints"])
+    folder = tmp_path / "resumed" / "checkpoints"
+    folder.mkdir(parents=True)
+    shutil.copy(src / "ep0-ba2-rank0.pt", folder / "ep0-ba2-rank0.pt")
+    whole = (src / "ep0-ba4-rank0.pt").read_bytes()
+    (folder / "ep0-ba4-rank0.pt").write_bytes(whole[: len(whole) // 3])  # what a kill in torch.save leaves
+    os.symlink("ep0-ba4-rank0.pt", folder / "latest-rank0.pt")
+    summary = run(_compose(_overrides(sample_mds, tmp_path, "resumed") + ["autoresume=true"]))
+    assert (folder / "ep0-ba4-rank0.pt.partial-1").stat().st_size == len(whole) // 3  # set aside, not deleted
+    assert summary["batches"] == 6 and [r["batch"] for r in summary["eval"]] == [4, 6]
+    a = {r["batch"]: r["loss"] for r in straight["summary"]["eval"]}
+    b = {r["batch"]: r["loss"] for r in summary["eval"]}
+    assert b[6] == pytest.approx(a[6], abs=1e-6) and b[4] == pytest.approx(a[4], abs=1e-6), (a, b)
+    wa = load_file(Path(straight["summary"]["hf_export"]) / "model.safetensors")
+    wb = load_file(Path(summary["hf_export"]) / "model.safetensors")
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_dangling_latest_is_repointed_or_refused(straight, tmp_path):
+    src = Path(straight["summary"]["checkpoints"])
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    os.symlink("ep0-ba4-rank0.pt", folder / "latest-rank0.pt")  # its target never made it to disk
+    with pytest.raises(ConfigError, match=r"latest-rank0\.pt points at ep0-ba4-rank0\.pt, which is missing"):
+        prepare_autoresume(folder)
+    shutil.copy(src / "ep0-ba2-rank0.pt", folder / "ep0-ba2-rank0.pt")
+    assert prepare_autoresume(folder) == folder / "latest-rank0.pt"
+    assert os.readlink(folder / "latest-rank0.pt") == "ep0-ba2-rank0.pt"
+    # a complete checkpoint newer than latest (killed after the write, before the link): it is the one resumed
+    shutil.copy(src / "ep0-ba6-rank0.pt", folder / "ep0-ba6-rank0.pt")
+    prepare_autoresume(folder)
+    assert os.readlink(folder / "latest-rank0.pt") == "ep0-ba6-rank0.pt"
+    assert prepare_autoresume(tmp_path / "fresh") is None  # a first run of an autoresume command
+
+
+def test_eval_masks_do_not_depend_on_earlier_passes(sample_mds):
+    from m2bert.data.mlm import build_mlm_dataloader
+    from m2bert.data.tokenizer import load_tokenizer
+
+    loader = build_mlm_dataloader(local=str(sample_mds["mds"]), remote=None, split="val",
+                                  tokenizer=load_tokenizer(sample_mds["tokenizer"]), max_seq_len=128, batch_size=16,
+                                  mlm_probability=0.15, shuffle=False, seed=17, drop_last=False,
+                                  remask_each_epoch=False)
+    passes = [torch.cat([b["labels"] for b, _ in zip(loader, range(2))]) for _ in range(3)]
+    assert torch.equal(passes[0], passes[1]) and torch.equal(passes[0], passes[2])
+    assert (passes[0] != -100).any()
