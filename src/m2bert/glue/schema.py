@@ -121,6 +121,7 @@ class GlueConfig:
     published: Optional[str] = None  # published.json; default ../shared/reference/published.json if present
     plot: bool = True
     kernels: str = "auto"  # speed-only (as impl.kernels in pretraining)
+    compile: str = "auto"  # speed-only (as impl.compile in pretraining): auto = on for CUDA, off on CPU
 
 
 def register() -> None:
