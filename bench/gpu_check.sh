@@ -2,7 +2,9 @@
 # GPU check of the fused Triton kernels (issue 6), all in one go, within ~8 minutes, offline:
 #   1. correctness of the compiled kernels on the GPU (tests/test_kernels_gpu.py),
 #   2. bench/kernels.py: each kernel vs PyTorch eager and torch.compile, bf16, B=32, H=768,
-#   3. bench/throughput.py --device cuda: the model with kernels triton and torch, vs BERT.
+#   3. bench/throughput.py --device cuda --compile best, per length (128/512/2048/8192): M2 eager,
+#      compiled (kernels torch + inductor), fused (kernels triton) and fused+compiled, BERT (SDPA) eager
+#      and compiled. Time limits: 120 + 100 + 8 × 30 s = 7.7 min at most.
 # Every result lands in ${OUT:-bench/results/gpu}. Fetches nothing: it runs in the project's venv, or,
 # where there is none (a bare GPU machine whose python3 has torch, triton and transformers), on
 # this checkout laid out as the installed package in /tmp/m2bert-site.
@@ -38,15 +40,17 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.lo
   [ $rc -eq 0 ] || status=1
 }
 : > "$OUT/summary.txt"
-step gpu_tests 150 "$PY" -m pytest tests/test_kernels_gpu.py -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml"
+step gpu_tests 120 "$PY" -m pytest tests/test_kernels_gpu.py -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml"
 # Writes its JSON after every measurement: a run cut by the limit keeps what it measured.
-step kernels_bench 150 "$PY" bench/kernels.py --json "$OUT/kernels.json" --repeats 10
+step kernels_bench 100 "$PY" bench/kernels.py --json "$OUT/kernels.json" --repeats 10
 LENGTHS=${LENGTHS:-128 512 2048 8192}
-step throughput_torch 50 "$PY" bench/throughput.py --device cuda --kernels torch --lengths $LENGTHS \
-  --json "$OUT/throughput_torch.json"
-for L in $LENGTHS; do  # one run per length: a length the kernels cannot handle yet does not hide the others
-  step "throughput_triton_$L" 25 "$PY" bench/throughput.py --device cuda --kernels triton --lengths "$L" \
-    --json "$OUT/throughput_triton_$L.json"
+# Forward throughput per setting (torch.compile: inductor, its first call in the warm-up); one JSON per
+# setting and length so that a setting that fails or runs out of time does not hide the others.
+for L in $LENGTHS; do
+  step "compile_torch_$L" 30 "$PY" bench/throughput.py --device cuda --kernels torch --compile best --lengths "$L" \
+    --warmup 2 --repeats 5 --json "$OUT/compile_torch_$L.json"
+  step "compile_triton_$L" 30 "$PY" bench/throughput.py --device cuda --kernels triton --compile best --lengths "$L" \
+    --warmup 2 --repeats 5 --json "$OUT/compile_triton_$L.json"
 done
 tail -n 3 "$OUT/gpu_tests.log" | tee -a "$OUT/summary.txt"
 exit $status

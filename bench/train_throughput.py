@@ -1,10 +1,13 @@
 """Training throughput (tokens/s, fwd + bwd + optimizer step) of M2-BERT vs the BERT baseline.
 
 Same process, same batch, same MLM objective (30% masking, decoder on masked positions only,
-as in pretraining), steps alternating between the two models, after warm-up; prints JSON
-with the ratio m2/bert.
+as in pretraining), steps alternating between the models after warm-up. Each model runs eager
+and torch.compile'd (inductor, the forward compiled as Composer's ``compile_config`` does; same
+weights and optimizer, so both settings see the same training state); the JSON reports both
+settings, each model's best, and ``ratio`` = best M2 / best BERT.
 
     python bench/train_throughput.py --batch 16 --length 128 --json bench/results/train_cpu.json
+    python bench/train_throughput.py --compile false     # eager only (no minutes of compiling)
 """
 from __future__ import annotations
 
@@ -13,12 +16,14 @@ import json
 import logging
 import os
 import time
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
 from m2bert.train.builders import build_mlm_model, build_optimizer
 from m2bert.train.composer_models import ComposerMLM
+from m2bert.train.torch_compile import compile_module
 
 log = logging.getLogger("bench.train_throughput")
 
@@ -32,23 +37,25 @@ def build(family: str, preset: str, length: int) -> tuple[ComposerMLM, torch.opt
     return ComposerMLM(model).train(), build_optimizer(model, OmegaConf.create(opt_cfg))
 
 
-def train_step(wrapped: ComposerMLM, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> float:
+def train_step(wrapped: ComposerMLM, forward: Any, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> float:
     t0 = time.perf_counter()
-    loss = wrapped.loss(wrapped(batch), batch)
+    loss = wrapped.loss(forward(batch), batch)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
     return time.perf_counter() - t0
 
 
-def measure(models: dict[str, tuple[ComposerMLM, torch.optim.Optimizer]], batch: dict[str, torch.Tensor],
+def measure(models: dict[str, tuple[ComposerMLM, Any, torch.optim.Optimizer]], batch: dict[str, torch.Tensor],
             steps: int, warmup: int) -> dict[str, float]:
-    """Median tokens/s per model; steps alternate between the models so that both see the same
-    machine (on a shared 2-core machine, back-to-back runs differ by ±10%)."""
+    """Median tokens/s per model and setting; steps alternate between them so that all see the
+    same machine (on a shared 2-core machine, back-to-back runs differ by ±10%)."""
     times: dict[str, list[float]] = {name: [] for name in models}
     for i in range(warmup + steps):
-        for name, (wrapped, opt) in models.items():
-            t = train_step(wrapped, opt, batch)
+        for name, (wrapped, forward, opt) in models.items():
+            t = train_step(wrapped, forward, opt, batch)
+            if i == 0 and name.endswith("compiled"):
+                log.info("torch.compile: first step of %s took %.1f s", name, t)
             if i >= warmup:
                 times[name].append(t)
     log.info("step seconds: %s", {n: [round(t, 2) for t in ts] for n, ts in times.items()})
@@ -64,19 +71,30 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--m2", default="m2-bert-base-80m")
     p.add_argument("--bert", default="bert-base")
+    p.add_argument("--compile", choices=["both", "true", "false"], default="both",
+                   help="both: each model eager and compiled, the best of each compared; true/false: one setting")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 30000, (args.batch, args.length), generator=g)
     labels = torch.where(torch.rand(ids.shape, generator=g) < 0.3, ids, torch.full_like(ids, -100))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids), "labels": labels}
-    models = {"m2": build("m2", args.m2, args.length), "bert": build("bert", args.bert, args.length)}
+    settings = {"both": ("eager", "compiled"), "true": ("compiled",), "false": ("eager",)}[args.compile]
+    models: dict[str, tuple[ComposerMLM, Any, torch.optim.Optimizer]] = {}
+    for family, preset in (("m2", args.m2), ("bert", args.bert)):
+        wrapped, opt = build(family, preset, args.length)
+        for setting in settings:  # the same module and optimizer: compiled is a view of the same weights
+            forward = compile_module(wrapped, dynamic=False) if setting == "compiled" else wrapped
+            models[f"{family}_{setting}"] = (wrapped, forward, opt)
     tps = measure(models, batch, args.steps, args.warmup)
-    m2, bert = tps["m2"], tps["bert"]
+    best = {f: max(settings, key=lambda s: tps[f"{f}_{s}"]) for f in ("m2", "bert")}
+    m2, bert = tps[f"m2_{best['m2']}"], tps[f"bert_{best['bert']}"]
     result = {
         "benchmark": "training tokens/s (fwd+bwd+DecoupledAdamW step), MLM 30% masking, fp32",
         "device": "cpu", "threads": torch.get_num_threads(), "batch": args.batch, "length": args.length,
-        "m2": args.m2, "bert": args.bert,
+        "m2": args.m2, "bert": args.bert, "steps": args.steps, "warmup": args.warmup,
+        **{f"{name}_tokens_per_s": round(v, 1) for name, v in tps.items()},
+        "m2_best": best["m2"], "bert_best": best["bert"],
         "m2_tokens_per_s": round(m2, 1), "bert_tokens_per_s": round(bert, 1), "ratio": round(m2 / bert, 3),
     }
     text = json.dumps(result, indent=2)

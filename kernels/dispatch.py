@@ -4,6 +4,11 @@
 PyTorch elsewhere; ``triton`` always uses Triton, which on a machine without a GPU is only
 possible with the Triton interpreter (``TRITON_INTERPRET=1``, slow: for tests) and otherwise
 raises a clear error. Nothing here imports Triton; the kernels are loaded on first use.
+
+Safety net: the first time a layer would run a fused kernel on a GPU in a process, that kernel is
+checked once against the PyTorch path (:mod:`m2bert.kernels.selfcheck`, milliseconds). With
+``auto`` a failure logs one warning and the layer uses PyTorch for the rest of the run; with
+``triton`` it raises. Nothing is checked (nor costs anything) where the kernels do not run.
 """
 from __future__ import annotations
 
@@ -19,28 +24,67 @@ CHOICES = ("auto", "triton", "torch")
 # it lives here so that this module imports nothing heavy); longer inputs take the PyTorch path.
 SEQ_MIXER_MAX_SEQLEN = 8192
 
+# The device types whose tensors ``auto`` sends to the kernels and whose first use runs the self-check
+# (tests add "cpu" under the Triton interpreter to exercise both outcomes without a GPU).
+KERNEL_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
+KERNELS = ("seq_mixer_conv", "monarch_glu")
+
 log = logging.getLogger(__name__)
 _warned: set[int] = set()
+_verdicts: dict[tuple[str, str], str | None] = {}  # (kernel, device) → None (passed) or what failed
 
 
 def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def use_triton(config_kernels: str, device: torch.device | str) -> bool:
-    """Whether a layer whose tensors are on ``device`` should run the Triton kernels."""
+def use_triton(config_kernels: str, device: torch.device | str, kernel: str | None = None) -> bool:
+    """Whether a layer whose tensors are on ``device`` should run the Triton kernels.
+
+    With ``kernel`` (a name in :data:`KERNELS`), its self-check runs on the first use on a device
+    type of :data:`KERNEL_DEVICE_TYPES`: ``auto`` then falls back to PyTorch, ``triton`` raises.
+    """
     if config_kernels == "torch":
         return False
     device = torch.device(device)
     if config_kernels == "auto":
-        return device.type == "cuda" and triton_available()
+        if device.type not in KERNEL_DEVICE_TYPES or not triton_available():
+            return False
+        return kernel is None or kernel_ok(kernel, device, strict=False)
     if config_kernels == "triton":
         if not triton_available():
             raise RuntimeError("kernels: triton asked for, but the triton package is not installed")
         if device.type != "cuda" and not interpreting():
             raise RuntimeError(f"{NEEDS_GPU}; tensors are on {device}. Use kernels: auto or torch here.")
+        if kernel is not None and device.type in KERNEL_DEVICE_TYPES:
+            kernel_ok(kernel, device, strict=True)
         return True
     raise ValueError(f"kernels={config_kernels!r}; choose one of {CHOICES}")
+
+
+@torch.compiler.disable
+def kernel_ok(kernel: str, device: torch.device, strict: bool) -> bool:
+    """The kernel's self-check verdict on ``device`` (run once per process and device).
+
+    On a failure: ``strict`` (kernels: triton) raises; otherwise one warning, and False from then on.
+    """
+    key = (kernel, str(device))
+    if key not in _verdicts:
+        from m2bert.kernels.selfcheck import check
+
+        with torch.enable_grad():  # the check differentiates, even when the model runs in inference
+            _verdicts[key] = problem = check(kernel, device)
+        if problem is None:
+            log.info("fused kernel %s passed its self-check on %s", kernel, device)
+        elif not strict:
+            log.warning("fused Triton kernel failed its self-check on %s (%s); that layer runs in PyTorch for the "
+                        "rest of this run (same results, slower). kernels: torch skips the kernels and this check.",
+                        device, problem)
+    problem = _verdicts[key]
+    if problem is not None and strict:
+        raise RuntimeError(f"kernels: triton, but the fused kernel failed its self-check on {device} ({problem}); "
+                           "use kernels: auto (falls back to PyTorch) or torch")
+    return problem is None
 
 
 def seq_mixer_fits(seqlen: int) -> bool:

@@ -41,6 +41,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from m2bert.train.callbacks import EvalHistory, ResumableRNG
     from m2bert.train.checkpoint_safety import check_checkpoint
     from m2bert.train.composer_models import ComposerMLM
+    from m2bert.train.torch_compile import CompileTimer, composer_compile_config
 
     check_data(cfg.data)
     device, precision = builders.resolve_device_and_precision(cfg.device, cfg.precision)
@@ -56,6 +57,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                        f"download it and pass the local file, or set trust_checkpoint=true")
         if ckpt is not None:
             check_checkpoint(ckpt, cfg.trust_checkpoint)
+    compile_config = composer_compile_config(cfg.impl.compile, device)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     world = dist.get_world_size()
     if cfg.global_train_batch_size % world:
@@ -89,7 +91,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         eval_interval=cfg.eval_interval,
         eval_subset_num_batches=cfg.eval_subset_num_batches,
         algorithms=[GradientClipping(clipping_type="norm", clipping_threshold=cfg.grad_clip_norm)] if cfg.grad_clip_norm > 0 else [],
-        callbacks=builders.build_callbacks(device) + [history, ResumableRNG()],
+        callbacks=builders.build_callbacks(device) + [history, ResumableRNG()]
+        + ([CompileTimer()] if compile_config is not None else []),
         loggers=builders.build_loggers(cfg.logger, run_name),
         run_name=run_name,
         device=device,
@@ -105,6 +108,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         progress_bar=cfg.progress_bar,
         log_to_console=True,
         console_log_interval=cfg.console_log_interval,
+        compile_config=compile_config,
         parallelism_config={"fsdp": OmegaConf.to_container(cfg.parallel.fsdp)} if cfg.parallel.name == "fsdp" else None,
     )
     if cfg.eval_at_start and int(trainer.state.timestamp.batch) == 0:

@@ -1,7 +1,9 @@
 """Forward throughput (tokens/ms) of M2-BERT vs transformers' BERT, side by side in one process.
 
 Both models get the same batch per length, the MLM head included (as in the paper's
-benchmark), after warm-up; the ratio m2/bert is what to read. Example:
+benchmark), after warm-up; the ratio m2/bert is what to read. ``--compile best`` times each
+model eager and torch.compile'd (inductor; the first, compiling call is part of the warm-up) and
+compares the best of each, reporting both settings. Example:
 
     python -m m2bert.bench.throughput --device cpu --lengths 128 512 2048 8192 --json out.json
 """
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": args.dtype,
         "m2_preset": args.preset,
         "m2_kernels": args.kernels,
+        "compile": args.compile,
         "bert": f"transformers BertForMaskedLM (bert-base), attn_implementation={args.attn}",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -100,10 +103,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "m2": lambda: build_m2(args.preset, length, device, dtype, args.long_conv_impl, args.kernels),
             "bert": lambda: build_bert(length, device, dtype, args.attn),
         }
+        settings = {"false": ("eager",), "true": ("compiled",), "best": ("eager", "compiled")}[args.compile]
         for name, batch in (("m2", b_m2), ("bert", b_bert)):
-            secs = time_model(models[name](), batch, length, device, args.warmup, args.repeats)
-            row[f"{name}_tok_per_ms"] = round(batch * length / (secs * 1e3), 3)
-            row[f"{name}_ms_per_batch"] = round(secs * 1e3, 2)
+            model = models[name]()
+            secs = {}
+            for setting in settings:
+                fn = model
+                if setting == "compiled":
+                    from m2bert.train.torch_compile import compile_module
+
+                    fn = compile_module(model, dynamic=False)
+                secs[setting] = time_model(fn, batch, length, device, args.warmup, args.repeats)
+                if len(settings) > 1:
+                    row[f"{name}_{setting}_tok_per_ms"] = round(batch * length / (secs[setting] * 1e3), 3)
+            best = min(secs, key=secs.__getitem__)
+            row[f"{name}_best"] = best
+            row[f"{name}_tok_per_ms"] = round(batch * length / (secs[best] * 1e3), 3)
+            row[f"{name}_ms_per_batch"] = round(secs[best] * 1e3, 2)
         row["ratio"] = round(row["m2_tok_per_ms"] / row["bert_tok_per_ms"], 3)
         results["lengths"][str(length)] = row
         log.info("L=%d %s", length, row)
@@ -119,6 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--long-conv-impl", default="fft", choices=["fft", "monarch", "direct"])
     p.add_argument("--kernels", default="auto", choices=["auto", "triton", "torch"],
                    help="M2 config `kernels`: auto = fused Triton kernels on CUDA, PyTorch elsewhere")
+    p.add_argument("--compile", choices=["false", "true", "best"], default="false",
+                   help="torch.compile the models: false (eager), true, or best (both, each model's best compared)")
     p.add_argument("--attn", default="sdpa", help="BERT attention implementation (sdpa, eager)")
     p.add_argument("--tokens", type=int, default=2048, help="CPU: tokens per batch (batch = tokens // length, at least 1)")
     p.add_argument("--warmup", type=int, default=1)

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from m2bert.glue.schema import OPTIMIZERS, POOLINGS, START_FROM, register
 from m2bert.train.builders import ConfigError
+from m2bert.train.torch_compile import normalize as normalize_compile
 
 log = logging.getLogger("m2bert.glue")
 register()
@@ -143,7 +144,7 @@ def job_specs(cfg: DictConfig, run_dir: str, tasks: list[str], settings: dict[st
                 alpha_f=cfg.glue.scheduler.alpha_f, device=cfg.device, precision=cfg.precision,
                 eval_batch_size=cfg.device_eval_batch_size, microbatch_size=cfg.device_train_microbatch_size,
                 grad_clip_norm=cfg.grad_clip_norm, save_final=save, console_log_interval=cfg.console_log_interval,
-                kernels=cfg.kernels,
+                kernels=cfg.kernels, compile=normalize_compile(cfg.compile, "compile"),
             ))
     return specs
 

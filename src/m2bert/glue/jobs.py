@@ -56,6 +56,7 @@ class JobSpec:
     save_final: bool = False
     console_log_interval: str = "50ba"
     kernels: str | None = None
+    compile: str = "auto"  # torch.compile: auto (CUDA only) | true | false
 
     @property
     def name(self) -> str:
@@ -157,6 +158,7 @@ def run_job(spec: JobSpec, start: Any | None = None) -> dict[str, Any]:
     from m2bert.train import builders
     from m2bert.train.builders import ConfigError
     from m2bert.train.composer_models import ComposerClassifier
+    from m2bert.train.torch_compile import CompileTimer, composer_compile_config
     from omegaconf import OmegaConf
 
     t0 = time.perf_counter()
@@ -167,6 +169,7 @@ def run_job(spec: JobSpec, start: Any | None = None) -> dict[str, Any]:
         start = resolve_start(st["kind"], st["path"], st.get("config"), st.get("tokenizer"), st.get("_config_dict"),
                               trust=bool(st.get("trust", False)))
     device, precision = builders.resolve_device_and_precision(spec.device, spec.precision)
+    compile_config = composer_compile_config(spec.compile, device, key="compile")
     os.makedirs(spec.out_dir, exist_ok=True)
 
     if not spec.pad_to_max_length and not padding_invariant(start.config):
@@ -204,6 +207,8 @@ def run_job(spec: JobSpec, start: Any | None = None) -> dict[str, Any]:
         log_to_console=True,
         console_log_interval=spec.console_log_interval,
         loggers=[],
+        compile_config=compile_config,
+        callbacks=[CompileTimer()] if compile_config is not None else [],
     )
     trainer.fit()
     train_time = time.perf_counter() - t0

@@ -122,6 +122,7 @@ class GlueConfig:
     published: Optional[str] = None  # a published.json to compare with; default: the copy inside the package
     plot: bool = True
     kernels: str = "auto"  # speed-only (as impl.kernels in pretraining)
+    compile: str = "auto"  # speed-only (as impl.compile in pretraining): auto = on for CUDA, off on CPU
 
 
 def register() -> None:

@@ -36,7 +36,7 @@ class MonarchMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_monarch_glu:
-            glu = kernels.monarch_glu if kernels.use_triton(self.kernels, x.device) else monarch_glu
+            glu = kernels.monarch_glu if kernels.use_triton(self.kernels, x.device, "monarch_glu") else monarch_glu
             y = glu(x, self.gated_layers.weight, self.wo.weight, self.wo.bias, self.dropout.p, self.training)
             return self.norm(y + x)
         h = self.gated_layers(x)

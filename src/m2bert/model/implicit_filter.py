@@ -90,10 +90,13 @@ class ImplicitFilter(nn.Module):
     def spectrum(self, seq_len: int, impl: str) -> torch.Tensor:
         """The filters as the long convolution applies them (see ``long_conv.conv_spectrum``).
 
-        When no gradient is needed (inference), the result depends on the weights alone, so it
-        is cached until a weight changes (tracked by the parameters' version counters).
+        When no gradient is needed (inference, eager), the result depends on the weights alone, so
+        it is cached until a weight changes (tracked by the parameters' version counters).
         """
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+        # Under torch.compile the cache key (version counters) would be a data-dependent guard and
+        # break the graph; there the spectrum is recomputed, fused with the rest of the graph.
+        if torch.compiler.is_compiling() or (
+                torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
             return conv_spectrum(*self(seq_len), seq_len, impl)
         key = (seq_len, impl, self.z.device, self.z.dtype, tuple(p._version for p in self.parameters()))
         if self._cache is None or self._cache[0] != key:

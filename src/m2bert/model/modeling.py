@@ -147,6 +147,9 @@ class M2BertForMaskedLM(M2BertPreTrainedModel):
         else:
             flat_labels = labels.reshape(-1)
             positions = (flat_labels != -100).nonzero().squeeze(-1)
+            if torch.compiler.is_compiling():
+                # The count is data-dependent; softmax's decomposition needs to know it is not 0.
+                torch._check(positions.shape[0] > 0)
             logits = self.mlm_head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions))
             loss = F.cross_entropy(logits.float(), flat_labels.index_select(0, positions))
         if not return_dict:

@@ -91,7 +91,7 @@ class MonarchSequenceMixer(nn.Module):
         seqlen = u.shape[1]
         proj = self.in_linear(u)
         # Fused short conv, gates and long convs (kernels/), up to the kernels' longest length.
-        if kernels.use_triton(self.kernels, proj.device) and kernels.seq_mixer_fits(seqlen):
+        if kernels.use_triton(self.kernels, proj.device, "seq_mixer_conv") and kernels.seq_mixer_fits(seqlen):
             k_fwd, k_rev = self.long_conv(seqlen)
             res = self.residual_long_conv
             k2_fwd, k2_rev = res(seqlen) if res is not None else (None, None)

@@ -68,6 +68,7 @@ class ImplConfig:
     """Speed-only switches: results are the same (to numerical precision) whatever they are."""
 
     kernels: str = "auto"  # auto | triton | torch
+    compile: str = "auto"  # auto (on for CUDA, off on CPU) | true | false: torch.compile (m2bert.train.torch_compile)
     long_conv_impl: str = "fft"  # fft | monarch | direct
     device_train_microbatch_size: int = 128
 
