@@ -8,7 +8,6 @@ with the ratio m2/bert.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ import time
 import torch
 from omegaconf import OmegaConf
 
+from m2bert import cli_help
 from m2bert.train.builders import build_mlm_model, build_optimizer
 from m2bert.train.composer_models import ComposerMLM
 
@@ -57,14 +57,14 @@ def measure(models: dict[str, tuple[ComposerMLM, torch.optim.Optimizer]], batch:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--length", type=int, default=128)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--m2", default="m2-bert-base-80m")
-    p.add_argument("--bert", default="bert-base")
-    p.add_argument("--json", default=None)
+    p = cli_help.ArgumentParser(__doc__)
+    p.add_argument("--batch", type=int, default=16, help="sequences per step")
+    p.add_argument("--length", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps")
+    p.add_argument("--warmup", type=int, default=1, help="untimed training steps")
+    p.add_argument("--m2", default="m2-bert-base-80m", help="M2BertConfig preset")
+    p.add_argument("--bert", default="bert-base", help="BERT baseline preset (bert-base, bert-tiny)")
+    p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 30000, (args.batch, args.length), generator=g)

@@ -14,10 +14,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from m2bert.atomic import atomic_write_json
+from m2bert.cli_help import GLUE_ONLY, register_resolvers, reject_foreign_groups
 from m2bert.train.schema import register
 
 log = logging.getLogger("m2bert.pretrain")
 register()
+register_resolvers()
 
 
 def check_data(cfg: DictConfig) -> None:
@@ -113,12 +115,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(config_path="pkg://m2bert.yamls", config_name="pretrain", version_base=None)
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     summary = run(cfg)
     if summary["eval"]:
         first, last = summary["eval"][0], summary["eval"][-1]
         log.info("eval MLM loss: first %.4f (batch %d) → last %.4f (batch %d)",
                  first["loss"], first["batch"], last["loss"], last["batch"])
+
+
+def main() -> None:
+    """``m2bert-pretrain``: the Hydra app, after refusing the GLUE driver's groups in one line."""
+    reject_foreign_groups("m2bert-pretrain", GLUE_ONLY)
+    _main()
 
 
 if __name__ == "__main__":

@@ -28,11 +28,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from m2bert.cli_help import PRETRAIN_ONLY, register_resolvers, reject_foreign_groups
 from m2bert.glue.schema import OPTIMIZERS, POOLINGS, START_FROM, register
 from m2bert.train.builders import ConfigError
 
 log = logging.getLogger("m2bert.glue")
 register()
+register_resolvers()
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
@@ -282,7 +284,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(config_path="pkg://m2bert.yamls", config_name="glue", version_base=None)
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -298,6 +300,12 @@ def main(cfg: DictConfig) -> None:
         log.error("%s", e)
         raise SystemExit(2) from e
     print(results["table"])
+
+
+def main() -> None:
+    """``m2bert-glue``: the Hydra app, after refusing pretraining's groups (``model=...``) in one line."""
+    reject_foreign_groups("m2bert-glue", PRETRAIN_ONLY)
+    _main()
 
 
 if __name__ == "__main__":
