@@ -132,6 +132,7 @@ def job_specs(cfg: DictConfig, run_dir: str, tasks: list[str], settings: dict[st
               source: str | None) -> list[Any]:
     from m2bert.glue.jobs import JobSpec
 
+    hparams = OmegaConf.to_container(cfg, resolve=True)  # logged by every job, to every logger
     specs = []
     for task in tasks:
         s = settings[task]
@@ -145,7 +146,8 @@ def job_specs(cfg: DictConfig, run_dir: str, tasks: list[str], settings: dict[st
                 alpha_f=cfg.glue.scheduler.alpha_f, device=cfg.device, precision=cfg.precision,
                 eval_batch_size=cfg.device_eval_batch_size, microbatch_size=cfg.device_train_microbatch_size,
                 grad_clip_norm=cfg.grad_clip_norm, save_final=save, console_log_interval=cfg.console_log_interval,
-                kernels=cfg.kernels,
+                kernels=cfg.kernels, logger=OmegaConf.to_container(cfg.logger, resolve=True),
+                wandb_group=cfg.run_name, hparams=hparams,
             ))
     return specs
 
