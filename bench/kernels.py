@@ -33,6 +33,8 @@ from typing import Any, Callable
 
 import torch
 
+from m2bert import cli_help
+
 # Peak DRAM bandwidth (GB/s) by device name; otherwise a measured device-to-device copy is the peak.
 PEAK_GBPS = {
     "H200": 4800, "H100 SXM": 3350, "H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H100 NVL": 3900,
@@ -246,18 +248,18 @@ def emit(results: dict[str, Any], path: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli_help.ArgumentParser(__doc__)
     p.add_argument("--kernels", nargs="+", default=["seq_mixer_conv", "monarch_glu"],
                    choices=["seq_mixer_conv", "monarch_glu"])
-    p.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 2048, 8192])
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--hidden", type=int, default=768)
-    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    p.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 2048, 8192], help="sequence lengths in tokens")
+    p.add_argument("--batch", type=int, default=32, help="sequences per batch")
+    p.add_argument("--hidden", type=int, default=768, help="channels (hidden size)")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="activation dtype")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd reference")
     p.add_argument("--warps", type=int, nargs="+", default=None,
                    help="also measure the sequence mixer with each of these num_warps (default: the plan's)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3, help="untimed launches per measurement")
+    p.add_argument("--repeats", type=int, default=10, help="timed launches per measurement (the median is reported)")
     p.add_argument("--json", default=None, help="write the results here too (rewritten after every measurement)")
     p.add_argument("--compile-for", type=int, default=None, metavar="ARCH",
                    help="no GPU needed: compile for sm_ARCH (90: H100/H200, 80: A100) and report resources")

@@ -8,7 +8,6 @@ and BERT's vocab from ../shared (or a WordPiece trained on the sample). Prints o
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from m2bert import cli_help
 
 log = logging.getLogger("bench.loader_throughput")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -94,15 +95,15 @@ def _model_rate(tok: Any, batches: list[dict[str, torch.Tensor]], steps: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli_help.ArgumentParser(__doc__)
     ap.add_argument("--source", default=None, help="C4 file/folder (default: ../shared c4_sample.jsonl or the sample)")
     ap.add_argument("--tokenizer", default=None, help="tokenizer (default: ../shared BERT vocab.txt)")
-    ap.add_argument("--docs", type=int, default=1000)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    ap.add_argument("--max-batches", type=int, default=60)
-    ap.add_argument("--train-steps", type=int, default=8)
+    ap.add_argument("--docs", type=int, default=1000, help="documents converted to shards")
+    ap.add_argument("--batch-size", type=int, default=32, help="sequences per batch")
+    ap.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader worker counts to measure")
+    ap.add_argument("--max-batches", type=int, default=60, help="batches read per loader setting")
+    ap.add_argument("--train-steps", type=int, default=8, help="timed training steps of the tiny model")
     ap.add_argument("--json", default=None, help="also write the result here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

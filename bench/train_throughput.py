@@ -11,7 +11,6 @@ settings, each model's best, and ``ratio`` = best M2 / best BERT.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from m2bert import cli_help
 from m2bert.train.builders import build_mlm_model, build_optimizer
 from m2bert.train.composer_models import ComposerMLM
 from m2bert.train.torch_compile import compile_module
@@ -64,16 +64,16 @@ def measure(models: dict[str, tuple[ComposerMLM, Any, torch.optim.Optimizer]], b
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--length", type=int, default=128)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--m2", default="m2-bert-base-80m")
-    p.add_argument("--bert", default="bert-base")
+    p = cli_help.ArgumentParser(__doc__)
+    p.add_argument("--batch", type=int, default=16, help="sequences per step")
+    p.add_argument("--length", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps")
+    p.add_argument("--warmup", type=int, default=1, help="untimed training steps")
+    p.add_argument("--m2", default="m2-bert-base-80m", help="M2BertConfig preset")
+    p.add_argument("--bert", default="bert-base", help="BERT baseline preset (bert-base, bert-tiny)")
     p.add_argument("--compile", choices=["both", "true", "false"], default="both",
                    help="both: each model eager and compiled, the best of each compared; true/false: one setting")
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 30000, (args.batch, args.length), generator=g)

@@ -6,13 +6,14 @@ tasks → results. The same code paths as C4 and GLUE, in minutes, without netwo
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
+
+from m2bert import cli_help
 
 log = logging.getLogger("m2bert.demo")
 
@@ -74,14 +75,14 @@ def finetune(paths: dict[str, Path], out: Path, hf_dir: str, subset: int | None 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    p = argparse.ArgumentParser(description=__doc__)
+    p = cli_help.ArgumentParser(__doc__)
     p.add_argument("--out", default="demo_out", help="working folder (reused: finished steps are skipped)")
     # m2-bert-tiny, not mini: in the same CPU time it takes ~3x the steps, and it needs them. m2-bert-mini at 300
     # batches (and bert-tiny at 150) stays at the unigram loss (~6.34 on the sample), its outputs nearly independent
     # of the input, so fine-tuning from it is at chance; m2-bert-tiny at 800 batches gets well below (~4.9).
     p.add_argument("--batches", type=int, default=800, help="pretraining batches of 32 sequences")
     p.add_argument("--model", default="m2_bert_tiny", help="model group of yamls/model")
-    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--vocab-size", type=int, default=8192, help="WordPiece vocabulary size in tokens")
     p.add_argument("--glue-subset", type=int, default=None, help="fine-tune on this many training rows per task "
                    "(default: all); for a quick smoke run")
     args = p.parse_args(argv)

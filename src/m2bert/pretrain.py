@@ -14,10 +14,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from m2bert.atomic import atomic_write_json
+from m2bert.cli_help import GLUE_ONLY, register_resolvers, reject_foreign_groups
 from m2bert.train.schema import register
 
 log = logging.getLogger("m2bert.pretrain")
 register()
+register_resolvers()
 
 
 def check_data(cfg: DictConfig) -> None:
@@ -87,7 +89,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         eval_dataloader=Evaluator(label="eval", dataloader=eval_loader, metric_names=list(composer_model.eval_metrics)),
         optimizers=builders.build_optimizer(model, cfg.optimizer),
         schedulers=builders.build_scheduler(cfg.scheduler),
-        max_duration=cfg.max_duration,
+        max_duration=builders.duration_in_batches(cfg.max_duration, cfg.global_train_batch_size),
         eval_interval=cfg.eval_interval,
         eval_subset_num_batches=cfg.eval_subset_num_batches,
         algorithms=[GradientClipping(clipping_type="norm", clipping_threshold=cfg.grad_clip_norm)] if cfg.grad_clip_norm > 0 else [],
@@ -111,6 +113,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         compile_config=compile_config,
         parallelism_config={"fsdp": OmegaConf.to_container(cfg.parallel.fsdp)} if cfg.parallel.name == "fsdp" else None,
     )
+    trainer.logger.log_hyperparameters(OmegaConf.to_container(cfg, resolve=True))  # every logger, W&B included
     if cfg.eval_at_start and int(trainer.state.timestamp.batch) == 0:
         trainer.eval()
     trainer.fit()
@@ -122,20 +125,47 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     if dist.get_global_rank() == 0:
         if cfg.export_hf:
-            summary["hf_export"] = builders.atomic_save_pretrained(model, tokenizer, os.path.join(run_dir, "hf"))
+            summary["hf_export"] = builders.atomic_save_pretrained(model, tokenizer, os.path.join(run_dir, "hf"),
+                                                                   card=pretrain_card(cfg, summary))
             log.info("Hugging Face export: %s", summary["hf_export"])
         atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
     trainer.close()
     return summary
 
 
+def pretrain_card(cfg: DictConfig, summary: dict[str, Any]) -> str:
+    """The export's README.md: preset, data, steps and tokens seen, last eval MLM loss."""
+    from m2bert.train.model_card import model_card
+
+    batches = summary["batches"]
+    last = summary["eval"][-1] if summary["eval"] else None
+    training = {
+        "objective": f"masked language modelling ({cfg.data.mlm_probability:.0%} masking)",
+        "model preset": f"{cfg.model.preset} ({cfg.model.family})", "data": f"{cfg.data.name} ({cfg.data.local})",
+        "tokenizer": cfg.data.tokenizer, "steps": f"{batches} batches of {cfg.global_train_batch_size} sequences",
+        "tokens": f"{batches * cfg.global_train_batch_size * cfg.data.max_seq_len:,} "
+                  f"({cfg.data.max_seq_len} per sequence)",
+        "optimizer": f"{cfg.optimizer.name}, lr {cfg.optimizer.lr}, weight decay {cfg.optimizer.weight_decay}",
+        "seed": cfg.seed, "run": cfg.run_name,
+    }
+    evals = {f"eval MLM loss (batch {last['batch']})": f"{last['loss']:.4f}"} if last else None
+    return model_card(f"{cfg.run_name}: pretrained {cfg.model.preset}", "A masked language model pretrained with "
+                      "m2bert-pretrain.", training, "AutoModelForMaskedLM", evals)
+
+
 @hydra.main(config_path="pkg://m2bert.yamls", config_name="pretrain", version_base=None)
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     summary = run(cfg)
     if summary["eval"]:
         first, last = summary["eval"][0], summary["eval"][-1]
         log.info("eval MLM loss: first %.4f (batch %d) → last %.4f (batch %d)",
                  first["loss"], first["batch"], last["loss"], last["batch"])
+
+
+def main() -> None:
+    """``m2bert-pretrain``: the Hydra app, after refusing the GLUE driver's groups in one line."""
+    reject_foreign_groups("m2bert-pretrain", GLUE_ONLY)
+    _main()
 
 
 if __name__ == "__main__":

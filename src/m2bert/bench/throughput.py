@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import torch
 
+from m2bert import cli_help
+
 log = logging.getLogger("m2bert.bench.throughput")
 
 # The paper's GPU batch sizes (M2: 32/32/16/8/4 at 512..8192; BERT: 32/32/8/4/2). On the CPU,
@@ -127,20 +129,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 2048, 8192])
+    p = cli_help.ArgumentParser(__doc__)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 2048, 8192], help="sequence lengths in tokens")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: fp32 on CPU, bf16 on CUDA")
-    p.add_argument("--preset", default="m2-bert-base-80m")
-    p.add_argument("--long-conv-impl", default="fft", choices=["fft", "monarch", "direct"])
+    p.add_argument("--preset", default="m2-bert-base-80m", help="M2BertConfig preset")
+    p.add_argument("--long-conv-impl", default="fft", choices=["fft", "monarch", "direct"], help="long convolution path")
     p.add_argument("--kernels", default="auto", choices=["auto", "triton", "torch"],
                    help="M2 config `kernels`: auto = fused Triton kernels on CUDA, PyTorch elsewhere")
     p.add_argument("--compile", choices=["false", "true", "best"], default="false",
                    help="torch.compile the models: false (eager), true, or best (both, each model's best compared)")
     p.add_argument("--attn", default="sdpa", help="BERT attention implementation (sdpa, eager)")
     p.add_argument("--tokens", type=int, default=2048, help="CPU: tokens per batch (batch = tokens // length, at least 1)")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1, help="untimed forward passes per length")
+    p.add_argument("--repeats", type=int, default=3, help="timed forward passes per length (the median is reported)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", default=None, help="write the results here too")
     args = p.parse_args(argv)

@@ -18,7 +18,6 @@ beside an old val).
 """
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import logging
@@ -31,6 +30,8 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
+
+from m2bert import cli_help
 
 log = logging.getLogger(__name__)
 
@@ -456,21 +457,21 @@ def convert(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point (``python data_prep/convert_c4.py`` / ``m2bert-convert-c4``); prints JSON."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """CLI entry point (``m2bert-convert-c4``; ``python data_prep/convert_c4.py`` in a checkout); prints JSON."""
+    ap = cli_help.ArgumentParser(__doc__)
     ap.add_argument("--source", default=HF_DATASET,
                     help=f"'{HF_DATASET}' (streamed from the hub, needs network) or a local C4 file/directory")
     ap.add_argument("--out-root", required=True, help="output root: a local folder or a remote URL (s3://…)")
     ap.add_argument("--splits", nargs="+", default=["train", "train_small", "val", "val_small"],
                     choices=sorted(SPLITS))
     ap.add_argument("--tokenizer", default=None, help="pre-tokenise with this tokenizer (HF id or directory)")
-    ap.add_argument("--concat-tokens", type=int, default=None, help="row length for pre-tokenised mode, e.g. 128")
+    ap.add_argument("--concat-tokens", type=int, default=None, help="row length in tokens for pre-tokenised mode, e.g. 128 (default: raw text)")
     ap.add_argument("--compression", default="zstd", help="shard compression ('none' for none)")
-    ap.add_argument("--num-workers", type=int, default=0, help="parse/tokenise in this many processes")
-    ap.add_argument("--limit", type=int, default=None, help="at most this many documents per split (smoke runs)")
+    ap.add_argument("--num-workers", type=int, default=0, help="parse/tokenise in this many processes (0: in this one)")
+    ap.add_argument("--limit", type=int, default=None, help="at most this many documents per split (smoke runs; default: all)")
     ap.add_argument("--force", action="store_true", help="overwrite non-empty split folders")
     ap.add_argument("--skip-bad", action="store_true", help="skip and count bad lines instead of stopping")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

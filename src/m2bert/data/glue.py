@@ -200,7 +200,7 @@ def load_glue_task(task: str, source: str | os.PathLike[str] = "hf", split: str 
         raise ValueError(f"{t.name} has no split {split!r}; splits: {sorted(t.splits)}")
     if str(source) in HF_SOURCES:
         if t.hf_config is None:
-            raise ValueError(f"{t.name} exists only locally (make it with data_prep/make_sample.py); pass its folder")
+            raise ValueError(f"{t.name} exists only locally (make it with m2bert-make-sample --out DIR); pass data.source=DIR/glue")
         ds = datasets.load_dataset(HF_GLUE, t.hf_config, split=split)
         if t.name == "stsb":
             ds = ds.cast_column("label", datasets.Value("float32"))

@@ -54,10 +54,11 @@ def locate_index(local: str, remote: str | None, split: str | None) -> Path:
     if remote is None:
         idx = local_dir / "index.json"
         if not local_dir.exists():
-            raise FileNotFoundError(f"MDS dataset folder {local_dir} does not exist (local={local!r}, split={split!r})")
+            raise FileNotFoundError(f"MDS dataset folder {local_dir} does not exist (local={local!r}, split={split!r}); "
+                                    f"make it with m2bert-convert-c4 --out-root {local}")
         if not idx.is_file():
             raise FileNotFoundError(f"{idx} is missing: {local_dir} is not a (complete) MDS dataset; convert it with "
-                                    f"data_prep/convert_c4.py")
+                                    f"m2bert-convert-c4")
         return idx
     remote_idx = _split_dir(remote, split).rstrip("/") + "/index.json"
     if "://" not in remote:  # a local folder used as the "remote"

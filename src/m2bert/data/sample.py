@@ -19,7 +19,6 @@ fixed timestamps. Dev-set sentences come from modules disjoint from the train mo
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import hashlib
 import json
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from m2bert import cli_help
 from m2bert.atomic import atomic_directory
 
 log = logging.getLogger(__name__)
@@ -386,7 +386,7 @@ def make_sample(out_dir: str | os.PathLike[str], *, target_words: int = TARGET_W
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``make_sample.py --out DIR [--force]``; prints the manifest as JSON."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli_help.ArgumentParser(__doc__)
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--words", type=int, default=TARGET_WORDS, help="gather at least this many words")
     ap.add_argument("--force", action="store_true", help="overwrite a non-empty --out")

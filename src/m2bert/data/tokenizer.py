@@ -6,7 +6,6 @@ A trained tokenizer uses BERT's special tokens *and ids* ([PAD]=0, [unused0..98]
 """
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import logging
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase
 
+from m2bert import cli_help
 from m2bert.atomic import atomic_directory
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def load_tokenizer(name_or_dir: str | os.PathLike[str]) -> PreTrainedTokenizerBa
         raise OSError(
             f"could not load tokenizer {name!r}: no local directory of that name exists and the Hugging Face "
             f"hub could not provide it ({type(exc).__name__}: {exc}). Offline, train one with "
-            f"data_prep/train_tokenizer.py and pass its directory."
+            f"m2bert-train-tokenizer (--out DIR) and pass that directory."
         ) from exc
 
 
@@ -132,11 +132,11 @@ def train_wordpiece(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``train_tokenizer.py --out DIR [--vocab-size N] FILE...``; prints a JSON summary."""
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = cli_help.ArgumentParser(__doc__)
     ap.add_argument("files", nargs="+", help="corpus files: C4-style JSON lines (.json/.jsonl/.json.gz) or text")
     ap.add_argument("--out", required=True, help="output tokenizer directory (BertTokenizerFast layout)")
-    ap.add_argument("--vocab-size", type=int, default=30522)
-    ap.add_argument("--min-frequency", type=int, default=2)
+    ap.add_argument("--vocab-size", type=int, default=30522, help="vocabulary size in tokens, special tokens included")
+    ap.add_argument("--min-frequency", type=int, default=2, help="merges seen fewer times than this are not learnt")
     ap.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

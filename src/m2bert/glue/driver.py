@@ -28,12 +28,14 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from m2bert.cli_help import PRETRAIN_ONLY, register_resolvers, reject_foreign_groups
 from m2bert.glue.schema import OPTIMIZERS, POOLINGS, START_FROM, register
 from m2bert.train.builders import ConfigError
 from m2bert.train.torch_compile import normalize as normalize_compile
 
 log = logging.getLogger("m2bert.glue")
 register()
+register_resolvers()
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
@@ -131,6 +133,7 @@ def job_specs(cfg: DictConfig, run_dir: str, tasks: list[str], settings: dict[st
               source: str | None) -> list[Any]:
     from m2bert.glue.jobs import JobSpec
 
+    hparams = OmegaConf.to_container(cfg, resolve=True)  # logged by every job, to every logger
     specs = []
     for task in tasks:
         s = settings[task]
@@ -145,6 +148,7 @@ def job_specs(cfg: DictConfig, run_dir: str, tasks: list[str], settings: dict[st
                 eval_batch_size=cfg.device_eval_batch_size, microbatch_size=cfg.device_train_microbatch_size,
                 grad_clip_norm=cfg.grad_clip_norm, save_final=save, console_log_interval=cfg.console_log_interval,
                 kernels=cfg.kernels, compile=normalize_compile(cfg.compile, "compile"),
+                logger=OmegaConf.to_container(cfg.logger, resolve=True), wandb_group=cfg.run_name, hparams=hparams,
             ))
     return specs
 
@@ -284,7 +288,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(config_path="pkg://m2bert.yamls", config_name="glue", version_base=None)
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -300,6 +304,12 @@ def main(cfg: DictConfig) -> None:
         log.error("%s", e)
         raise SystemExit(2) from e
     print(results["table"])
+
+
+def main() -> None:
+    """``m2bert-glue``: the Hydra app, after refusing pretraining's groups (``model=...``) in one line."""
+    reject_foreign_groups("m2bert-glue", PRETRAIN_ONLY)
+    _main()
 
 
 if __name__ == "__main__":

@@ -57,6 +57,9 @@ class JobSpec:
     console_log_interval: str = "50ba"
     kernels: str | None = None
     compile: str = "auto"  # torch.compile: auto (CUDA only) | true | false
+    logger: dict[str, Any] | None = None  # the logger group (console | wandb), as in pretraining
+    wandb_group: str | None = None  # W&B group: the GLUE run's name, so its jobs sit together
+    hparams: dict[str, Any] | None = None  # the resolved GLUE config, logged to every logger
 
     @property
     def name(self) -> str:
@@ -180,6 +183,9 @@ def run_job(spec: JobSpec, start: Any | None = None) -> dict[str, Any]:
     collate_fn = None if spec.pad_to_max_length else pad_collate(get_tokenizer(start.tokenizer).pad_token_id or 0)
     reproducibility.seed_all(spec.seed)  # the classifier layer's init depends on the seed
     model = load_classifier(start, t.num_labels, s["pooling"], spec.kernels)
+    if t.label_names is not None:  # the export's pipeline then answers with GLUE's label names
+        model.config.id2label = dict(enumerate(t.label_names))
+        model.config.label2id = {name: i for i, name in enumerate(t.label_names)}
     composer_model = ComposerClassifier(model, t.num_labels)
     batch_size = int(s["batch_size"])
     loader = DataLoader(train, batch_size=batch_size, sampler=dist.get_sampler(train, shuffle=True, seed=spec.seed),
@@ -206,10 +212,13 @@ def run_job(spec: JobSpec, start: Any | None = None) -> dict[str, Any]:
         progress_bar=False,
         log_to_console=True,
         console_log_interval=spec.console_log_interval,
-        loggers=[],
+        loggers=builders.build_loggers(spec.logger or {"name": "console"}, spec.name, group=spec.wandb_group),
         compile_config=compile_config,
         callbacks=[CompileTimer()] if compile_config is not None else [],
     )
+    trainer.logger.log_hyperparameters({"glue": spec.hparams or {}, "job": {
+        "task": t.name, "seed": spec.seed, "round": spec.round, "settings": dict(s), "start": start.path,
+        "max_duration": spec.duration()}})
     trainer.fit()
     train_time = time.perf_counter() - t0
     dev = torch.device("cuda") if device == "gpu" else torch.device("cpu")
@@ -223,11 +232,32 @@ def run_job(spec: JobSpec, start: Any | None = None) -> dict[str, Any]:
     }
     if spec.save_final:
         result["final_model"] = builders.atomic_save_pretrained(model, get_tokenizer(start.tokenizer),
-                                                                os.path.join(spec.out_dir, "final"))
+                                                                os.path.join(spec.out_dir, "final"),
+                                                                card=glue_card(spec, t, start, result))
     trainer.close()
     atomic_write_json(os.path.join(spec.out_dir, "result.json"), result)
     log.info("%s: %s (%.1f s)", spec.name, format_metrics(metrics), result["time_s"])
     return result
+
+
+def glue_card(spec: JobSpec, task: Any, start: Any, result: dict[str, Any]) -> str:
+    """The fine-tuned export's README.md: task, start, recipe, dev-set metrics."""
+    from m2bert.train.model_card import model_card
+
+    s = spec.settings
+    training = {
+        "task": f"{task.name} ({'regression' if task.is_regression else f'{task.num_labels} classes'})",
+        "started from": f"{start.path} ({start.kind})", "data": spec.data_source, "seed": spec.seed,
+        "steps": f"{result['batches']} batches of {s['batch_size']} ({spec.duration()}, {result['train_rows']} rows)",
+        "optimizer": f"{s['optimizer']}, lr {s['lr']}, weight decay {s['weight_decay']}", "pooling": s["pooling"],
+        "max sequence length": spec.max_seq_len,
+    }
+    evals = {f"{split} {name}": f"{value:.4f}" for split, values in result["metrics"].items()
+             for name, value in values.items()}
+    labels = dict(enumerate(task.label_names)) if task.label_names is not None else None
+    return model_card(f"{task.name}-seed{spec.seed}: M2-BERT fine-tuned on {task.name}",
+                      "A sequence classifier fine-tuned with m2bert-glue (the GLUE driver).", training,
+                      "AutoModelForSequenceClassification", evals, labels)
 
 
 def format_metrics(metrics: dict[str, dict[str, float]]) -> str:

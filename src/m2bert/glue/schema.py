@@ -12,6 +12,8 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from m2bert.train.schema import LoggerConfig
+
 START_KINDS = ("hf", "composer", "original")
 START_FROM = ("pretrained", "mnli")  # "mnli": the chain source task's first seed (chain.source_task)
 POOLINGS = ("cls", "mean")
@@ -103,6 +105,7 @@ class GlueConfig:
     start: StartConfig = field(default_factory=StartConfig)
     data: DataConfig = field(default_factory=DataConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # console | wandb, as in pretraining
     tasks: list[str] = field(default_factory=lambda: ["mnli", "qnli", "qqp", "rte", "sst2", "mrpc", "stsb", "cola"])
     train_subset: Optional[int] = None  # rows per task (tests, demo); null = the full training set
     eval_subset: Optional[int] = None  # rows per dev set; null = full dev sets (what GLUE reports)

@@ -16,12 +16,15 @@ from m2bert.model.long_conv import conv_spectrum
 
 
 def positional_features(seq_len: int, emb_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features z (L, emb_dim) = [t, cos bands, -sin bands] and normalised time t (L, 1)."""
-    t = torch.linspace(0, 1, seq_len)[:, None]
+    """Features z (L, emb_dim) = [t, cos bands, -sin bands] and normalised time t (L, 1).
+
+    Always fp32, whatever the default dtype: transformers builds a model loaded with
+    ``dtype=torch.float16`` under that default, and complex half has no ``exp`` (nor the precision).
+    """
+    t = torch.linspace(0, 1, seq_len, dtype=torch.float32)[:, None]
     bands = (emb_dim - 1) // 2
-    w = 2 * math.pi * torch.linspace(0, seq_len - 1, seq_len)[:, None] / seq_len
-    f = torch.linspace(1e-4, bands - 1, bands)[None, :]
-    z = torch.exp(-1j * f * w)
+    w = 2 * math.pi * torch.linspace(0, seq_len - 1, seq_len, dtype=torch.float32)[:, None] / seq_len
+    z = torch.exp(-1j * torch.linspace(1e-4, bands - 1, bands, dtype=torch.float32)[None, :] * w)
     return torch.cat([t, z.real, z.imag], dim=-1), t
 
 
@@ -29,7 +32,7 @@ def decay_rates(channels: int, fast_decay_pct: float = 0.3, slow_decay_pct: floa
     """Per-channel decay rates, from slow (long memory) to fast (local) channels."""
     max_decay = math.log(target) / fast_decay_pct
     min_decay = math.log(target) / slow_decay_pct
-    return torch.linspace(min_decay, max_decay, channels)
+    return torch.linspace(min_decay, max_decay, channels, dtype=torch.float32)
 
 
 class ImplicitFilter(nn.Module):
@@ -71,11 +74,15 @@ class ImplicitFilter(nn.Module):
         return nn.ModuleList(layers + [nn.Linear(order, channels, bias=False)])
 
     def _generate(self, mlp: nn.ModuleList, seq_len: int) -> torch.Tensor:
-        h = self.z[0, :seq_len]
+        # The features and the decay window are fp32 (a model loaded with ``dtype=`` keeps
+        # them so); the MLP runs in its weights' dtype and the window is cast where it is used.
+        dtype = mlp[0].weight.dtype
+        h = self.z[0, :seq_len].to(dtype)
         for linear in mlp[:-1]:
-            h = torch.sin(self.w_mod * self.freq * linear(h))
+            h = torch.sin(self.w_mod * self.freq.to(dtype) * linear(h))
         h = mlp[-1](h)
-        return h * torch.exp(-self.t[0, :seq_len] * self.deltas[0].abs())
+        window = torch.exp(-self.t[0, :seq_len].float() * self.deltas[0].abs().float())
+        return h * window.to(dtype)
 
     def forward(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Filters (L, H) for the first ``seq_len`` positions: (k_fwd, k_rev or None)."""

@@ -110,15 +110,18 @@ def resolve_device_and_precision(device: str, precision: str) -> tuple[str, str]
 
 
 def build_callbacks(device: str) -> list[Any]:
-    from composer.callbacks import LRMonitor, MemoryMonitor, SpeedMonitor
+    from composer.callbacks import LRMonitor, MemoryMonitor, RuntimeEstimator, SpeedMonitor
 
-    callbacks: list[Any] = [SpeedMonitor(window_size=10), LRMonitor()]
+    # RuntimeEstimator logs time/remaining_estimate (hours left) with the other metrics.
+    callbacks: list[Any] = [SpeedMonitor(window_size=10), LRMonitor(), RuntimeEstimator()]
     if device == "gpu":
         callbacks.append(MemoryMonitor())
     return callbacks
 
 
-def build_loggers(cfg: DictConfig, run_name: str) -> list[Any]:
+def build_loggers(cfg: DictConfig | dict[str, Any], run_name: str, group: str | None = None) -> list[Any]:
+    """Composer loggers for ``logger=console|wandb``; ``group`` gathers runs (a GLUE run's jobs) in W&B."""
+    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     if cfg.name == "console":
         return []
     if cfg.name == "wandb":
@@ -126,14 +129,29 @@ def build_loggers(cfg: DictConfig, run_name: str) -> list[Any]:
 
         if cfg.mode:
             os.environ["WANDB_MODE"] = cfg.mode
-        return [WandBLogger(project=cfg.project, entity=cfg.entity, name=run_name)]
+        return [WandBLogger(project=cfg.project, entity=cfg.entity, name=run_name, group=group)]
     raise ConfigError(f"logger.name={cfg.name!r}; choose console or wandb")
 
 
-def atomic_save_pretrained(model: nn.Module, tokenizer: Any, out_dir: str) -> str:
-    """save_pretrained (config + safetensors + tokenizer), never leaving a half-written export."""
+def duration_in_batches(max_duration: str, global_batch_size: int) -> str:
+    """``286720000sp`` with 4096 sequences a batch → ``70000ba``: the same run, but Composer's console line
+    then shows ``[batch=N/70000]`` (with samples it shows samples). Other units are returned unchanged."""
+    from composer.core import Time, TimeUnit
+
+    t = Time.from_timestring(str(max_duration))
+    if t.unit == TimeUnit.SAMPLE and t.value % global_batch_size == 0:
+        return f"{t.value // global_batch_size}ba"
+    return str(max_duration)
+
+
+def atomic_save_pretrained(model: nn.Module, tokenizer: Any, out_dir: str, card: str | None = None) -> str:
+    """save_pretrained (config + safetensors + tokenizer, and ``card`` as README.md: see
+    ``m2bert.train.model_card``), never leaving a half-written export."""
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if card is not None:
+            with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+                f.write(card)
     return out_dir
