@@ -25,7 +25,8 @@ class ShardError(ValueError):
 
 
 def _check_raw_header(path: Path, samples: int) -> None:
-    """An MDS shard starts with its sample count and (count + 1) uint32 end offsets; check them."""
+    """An MDS shard starts with its sample count, (count + 1) uint32 offsets (the first one past the
+    header and the shard's config), then the samples, ending at the last offset; check them."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(4)
@@ -38,7 +39,7 @@ def _check_raw_header(path: Path, samples: int) -> None:
     if len(raw) < 4 * (n + 1):
         raise ShardError(f"{path}: truncated sample table ({size} bytes); {RECONVERT}")
     offsets = np.frombuffer(raw, np.uint32).astype(np.int64)
-    if offsets[0] != 4 + 4 * (n + 1) or np.any(np.diff(offsets) < 0) or offsets[-1] != size:
+    if offsets[0] < 4 + 4 * (n + 1) or np.any(np.diff(offsets) < 0) or offsets[-1] != size:
         raise ShardError(f"{path}: corrupt sample offsets (file is {size} bytes); {RECONVERT}")
 
 
