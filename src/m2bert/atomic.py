@@ -7,6 +7,8 @@ interrupted run leaves either the previous complete output or a hidden ``.partia
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import shutil
 import tempfile
@@ -14,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -45,5 +49,25 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
             os.unlink(tmp)
 
 
+def finite_json(obj: Any, where: str = "$", replaced: list[str] | None = None) -> Any:
+    """``obj`` with every NaN/±inf float replaced by None; the JSON paths replaced go into ``replaced``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        if replaced is not None:
+            replaced.append(f"{where}={obj}")
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_json(v, f"{where}.{k}", replaced) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v, f"{where}[{i}]", replaced) for i, v in enumerate(obj)]
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    """Strict JSON: a non-finite number (a NaN metric) is written as null, with a warning naming it,
+    never as the ``NaN`` token that json.dumps emits by default and other JSON readers reject."""
+    replaced: list[str] = []
+    clean = finite_json(obj, replaced=replaced)
+    if replaced:
+        log.warning("%s: non-finite value(s) written as null: %s", path, ", ".join(replaced[:5]) +
+                    (f" (+{len(replaced) - 5} more)" if len(replaced) > 5 else ""))
+    atomic_write_text(path, json.dumps(clean, indent=2, allow_nan=False) + "\n")

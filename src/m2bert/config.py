@@ -104,6 +104,7 @@ class M2BertConfig(PretrainedConfig):
         padding_invariant: bool = True,
         long_conv_impl: str = "fft",
         kernels: str = "auto",
+        check_inputs: bool | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("tie_word_embeddings", True)
@@ -139,6 +140,9 @@ class M2BertConfig(PretrainedConfig):
         self.padding_invariant = padding_invariant
         self.long_conv_impl = long_conv_impl
         self.kernels = kernels
+        # Value checks of ids/masks in forward (m2bert.model.inputs): None = on CPU tensors only (no device
+        # sync), True = always (debugging; syncs on GPU), False = never. Shape checks always run.
+        self.check_inputs = check_inputs
         self.validate()
 
     def validate(self) -> None:

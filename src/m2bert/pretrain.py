@@ -13,6 +13,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from m2bert import cli
 from m2bert.atomic import atomic_write_json
 from m2bert.cli_help import GLUE_ONLY, register_resolvers, reject_foreign_groups
 from m2bert.train.schema import register
@@ -23,15 +24,25 @@ register_resolvers()
 
 
 def check_data(cfg: DictConfig) -> None:
-    """Fail before any heavy work when the shards are not where the config says."""
+    """Fail before any heavy work when the shards are not where the config says, or (local data)
+    do not match their index.json: missing, truncated, corrupt offsets, wrong hash with validate_hash."""
     from m2bert.data.mlm import locate_index
+    from m2bert.data.shards import check_shards
 
     for split in (cfg.train_split, cfg.eval_split):
-        locate_index(cfg.local, cfg.remote, split)  # raises FileNotFoundError naming the path
+        index = locate_index(cfg.local, cfg.remote, split)  # raises FileNotFoundError naming the path
+        if cfg.remote is None:
+            check_shards(index.parent, cfg.validate_hash)  # raises ShardError naming the shard
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Build everything from a validated config, train, export; returns a short summary."""
+    """Validate (before anything heavy is imported), build everything, train, export; returns a short summary."""
+    from m2bert.train.validate import check_pretrain
+
+    cli.check_missing(cfg)
+    check_pretrain(cfg)
+    check_data(cfg.data)
+
     from composer import Evaluator, Trainer
     from composer.algorithms import GradientClipping
     from composer.utils import dist, format_name_with_dist, reproducibility
@@ -45,7 +56,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from m2bert.train.composer_models import ComposerMLM
     from m2bert.train.torch_compile import CompileTimer, composer_compile_config
 
-    check_data(cfg.data)
     device, precision = builders.resolve_device_and_precision(cfg.device, cfg.precision)
     run_name = runs.agree_on_run_name(cfg.run_name, device)
     run_dir = os.path.join(cfg.run_root, run_name)
@@ -75,7 +85,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return build_mlm_dataloader(
             local=cfg.data.local, remote=cfg.data.remote, split=split, tokenizer=tokenizer, max_seq_len=cfg.data.max_seq_len, batch_size=batch_size,
             mlm_probability=mlm_probability, shuffle=shuffle, seed=cfg.seed, num_workers=cfg.data.num_workers,
-            drop_last=shuffle, remask_each_epoch=shuffle,
+            drop_last=shuffle, remask_each_epoch=shuffle, validate_hash=cfg.data.validate_hash,
         )
 
     train_loader = loader(cfg.data.train_split, cfg.data.mlm_probability, cfg.global_train_batch_size // world, True)
@@ -154,8 +164,12 @@ def pretrain_card(cfg: DictConfig, summary: dict[str, Any]) -> str:
 
 
 @hydra.main(config_path="pkg://m2bert.yamls", config_name="pretrain", version_base=None)
-def _main(cfg: DictConfig) -> None:
-    summary = run(cfg)
+def hydra_main(cfg: DictConfig) -> None:
+    cli.task_started()
+    try:
+        summary = run(cfg)
+    except cli.USER_ERRORS as e:
+        cli.fail("m2bert-pretrain", e)
     if summary["eval"]:
         first, last = summary["eval"][0], summary["eval"][-1]
         log.info("eval MLM loss: first %.4f (batch %d) → last %.4f (batch %d)",
@@ -163,9 +177,10 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """``m2bert-pretrain``: the Hydra app, after refusing the GLUE driver's groups in one line."""
+    """The ``m2bert-pretrain`` console script: the other CLI's groups are refused, and user errors are one
+    line on stderr, exit 2."""
     reject_foreign_groups("m2bert-pretrain", GLUE_ONLY)
-    _main()
+    cli.entry(hydra_main)
 
 
 if __name__ == "__main__":

@@ -307,6 +307,8 @@ def convert(
     from streaming import MDSWriter
     from tqdm.auto import tqdm
 
+    from m2bert.data.shards import HASH_ALGOS
+
     for s in splits:
         if s not in SPLITS:
             raise ValueError(f"unknown split {s!r}; choose from {sorted(SPLITS)}")
@@ -378,8 +380,9 @@ def convert(
         t0 = time.perf_counter()
         pool = None
         try:
+            # Hashes let readers check the shards (data.validate_hash=sha1|xxh64).
             writer = MDSWriter(columns=columns, out=out, compression=compression, size_limit=size_limit,
-                               keep_local=True)
+                               keep_local=True, hashes=list(HASH_ALGOS))
             packer = _Packer(concat_tokens, cls_id, sep_id, pad_id) if tok is not None else None  # type: ignore[arg-type]
             bar = tqdm(total=max_docs, unit="doc", desc=f"c4 {split}", disable=not progress, mininterval=1.0)
 

@@ -9,6 +9,7 @@ column names (``idx``, the task's text columns, ``label``), the same label encod
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -137,6 +138,25 @@ def _features(t: GlueTask) -> datasets.Features:
     return datasets.Features(feats)
 
 
+STSB_RANGE = (0.0, 5.0)  # STS-B similarity scores
+
+
+def _label_rule(t: GlueTask) -> str:
+    if t.is_regression:
+        return f"scores must be finite numbers in [{STSB_RANGE[0]:g}, {STSB_RANGE[1]:g}]"
+    if t.label_map is not None:
+        return f"labels must be one of {sorted(t.label_map)}"
+    return f"labels must be integers in [0, {t.num_labels - 1}]"
+
+
+def validate_task_files(source: str | os.PathLike[str], task: str, splits: tuple[str, ...]) -> None:
+    """Parse every labelled row of a local task's files (labels in range, scores finite and in range);
+    a bad row raises ValueError naming the file and line — before any job trains."""
+    t = get_task(task)
+    for split in splits:
+        _read_tsv(Path(source).expanduser() / t.dir_name / t.splits[split], t, labelled=True)
+
+
 def _read_tsv(path: Path, t: GlueTask, labelled: bool) -> dict[str, list[Any]]:
     """Parse a GLUE TSV by splitting on tabs (GLUE text holds bare quotes, so no CSV quoting)."""
     with open(path, encoding="utf-8-sig", newline="\n") as fh:
@@ -176,13 +196,21 @@ def _read_tsv(path: Path, t: GlueTask, labelled: bool) -> dict[str, list[Any]]:
             raw = parts[label_idx].strip()
             try:
                 if t.is_regression:
-                    out["label"].append(float(raw))
+                    value: float | int = float(raw)
+                    ok = math.isfinite(value) and STSB_RANGE[0] <= value <= STSB_RANGE[1]
                 elif t.label_map is not None:
-                    out["label"].append(t.label_map[raw])
+                    value = t.label_map[raw]
+                    ok = True
                 else:
-                    out["label"].append(int(raw))
+                    value = int(raw)
+                    ok = 0 <= value < t.num_labels
             except (KeyError, ValueError) as exc:
-                raise ValueError(f"{path} line {i + first_data_line}: bad label {raw!r} for {t.name}") from exc
+                raise ValueError(f"{path} line {i + first_data_line}: bad label {raw!r} for {t.name}; "
+                                 f"{_label_rule(t)}") from exc
+            if not ok:
+                raise ValueError(f"{path} line {i + first_data_line}: label {raw!r} is out of range for {t.name}; "
+                                 f"{_label_rule(t)}")
+            out["label"].append(value)
         out["idx"].append(i)
     return out
 

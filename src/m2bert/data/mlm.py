@@ -25,6 +25,8 @@ import torch
 from streaming import StreamingDataLoader, StreamingDataset
 from transformers import PreTrainedTokenizerBase
 
+from m2bert.data.shards import RECONVERT, ShardError, shard_file
+
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
@@ -54,11 +56,11 @@ def locate_index(local: str, remote: str | None, split: str | None) -> Path:
     if remote is None:
         idx = local_dir / "index.json"
         if not local_dir.exists():
-            raise FileNotFoundError(f"MDS dataset folder {local_dir} does not exist (local={local!r}, split={split!r}); "
-                                    f"make it with m2bert-convert-c4 --out-root {local}")
+            raise FileNotFoundError(f"MDS dataset folder {local_dir} does not exist (local={local!r}, split={split!r}): "
+                                    f"make it with m2bert-convert-c4 --out-root {local}, or set data.local")
         if not idx.is_file():
             raise FileNotFoundError(f"{idx} is missing: {local_dir} is not a (complete) MDS dataset; convert it with "
-                                    f"m2bert-convert-c4")
+                                    f"m2bert-convert-c4 --out-root {local} --force")
         return idx
     remote_idx = _split_dir(remote, split).rstrip("/") + "/index.json"
     if "://" not in remote:  # a local folder used as the "remote"
@@ -124,6 +126,34 @@ class MLMStreamingDataset(StreamingDataset):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._m2_epoch = 0
         self.remask_each_epoch = remask_each_epoch
+        self._m2_error: BaseException | None = None
+        self._m2_where = _split_dir(local, split)
+
+    def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
+        # Name the shard in any reader error (zstd, checksum, missing file), here or in a thread.
+        try:
+            super().prepare_shard(shard_id, blocking)
+        except ShardError:
+            raise
+        except Exception as e:  # noqa: BLE001 - re-raised with the shard named
+            raise ShardError(f"{shard_file(self, shard_id)}: cannot read shard ({type(e).__name__}: {e}); "
+                             f"{RECONVERT}") from e
+
+    def on_exception(self, future: Any) -> None:
+        # Streaming's prefetch threads fail quietly (the epoch just ends early); keep the error for __iter__.
+        if future.exception() is not None and self._m2_error is None:
+            self._m2_error = future.exception()
+        super().on_exception(future)
+
+    def _raise_reader_error(self) -> None:
+        if self._m2_error is not None:
+            err = self._m2_error
+            raise err if isinstance(err, ShardError) else ShardError(f"{self._m2_where}: cannot read shards ({type(err).__name__}: {err}); {RECONVERT}")
+
+    def __iter__(self) -> Any:
+        for item in super().__iter__():
+            yield item
+        self._raise_reader_error()  # an epoch cut short by a reader error is an error, never a short epoch
 
     def _resume_incr_epoch(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
         # Remember the epoch this iterator is in (each worker runs this itself) for mask seeding.
@@ -132,7 +162,16 @@ class MLMStreamingDataset(StreamingDataset):
         return epoch, sample_in_epoch
 
     def get_item(self, sample_id: int, retry: int = 7) -> dict[str, Any]:
-        sample = super().get_item(sample_id, retry)
+        self._raise_reader_error()
+        try:
+            sample = super().get_item(sample_id, retry)
+        except ShardError:
+            raise
+        except Exception as e:  # noqa: BLE001 - "Relative sample index N is not present" etc., with the shard named
+            self._raise_reader_error()
+            shard_id = int(self.spanner[sample_id][0])
+            raise ShardError(f"{shard_file(self, shard_id)}: cannot read sample {sample_id} ({type(e).__name__}: {e}); "
+                             f"{RECONVERT}") from e
         n = self.max_seq_len
         if "tokens" in sample:
             ids = np.asarray(sample["tokens"], dtype=np.int64)
@@ -200,6 +239,7 @@ class MLMCollator:
         self.pad_id = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else -1
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         vocab = len(tokenizer)
+        self.vocab_size = vocab
         allowed = torch.ones(vocab, dtype=torch.bool)
         allowed[self.special_ids[self.special_ids < vocab]] = False
         self.random_ids = torch.nonzero(allowed).flatten()  # replacements are never special tokens
@@ -222,6 +262,7 @@ class MLMCollator:
                                       for s in samples])
         else:
             token_type = torch.zeros_like(input_ids)
+        check_batch(input_ids, attention, token_type, self.vocab_size, samples)
         b, n = input_ids.shape
         u_pick, u_kind, rnd = torch.empty(b, n), torch.empty(b, n), torch.empty(b, n, dtype=torch.long)
         for i, s in enumerate(samples):
@@ -239,6 +280,21 @@ class MLMCollator:
         masked[to_mask] = self.mask_id
         masked[to_random] = self.random_ids[rnd[to_random]]
         return {"input_ids": masked, "attention_mask": attention, "token_type_ids": token_type, "labels": labels}
+
+
+def check_batch(input_ids: torch.Tensor, attention: torch.Tensor, token_type: torch.Tensor, vocab_size: int,
+                samples: Sequence[dict[str, Any]], type_vocab_size: int = 2) -> None:
+    """The model's input value checks (m2bert.model.inputs), once per batch on the host, where they cost no
+    device sync; the error names the sample."""
+    from m2bert.model.inputs import check_shapes, check_values
+
+    check_shapes(input_ids, attention, token_type)
+    try:
+        check_values(input_ids, attention, token_type, vocab_size, type_vocab_size)
+    except ValueError as e:
+        ids = [s.get("sample_idx") for s in samples]
+        where = f" (batch of samples {ids[:4]}{'…' if len(ids) > 4 else ''})" if ids and ids[0] is not None else ""
+        raise ValueError(f"MLM batch{where}: {e}") from e
 
 
 def build_mlm_dataset(*, local: str, remote: str | None, split: str | None, tokenizer: PreTrainedTokenizerBase,

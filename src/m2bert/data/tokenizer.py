@@ -10,6 +10,7 @@ import gzip
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -69,17 +70,30 @@ def iter_corpus_texts(files: Sequence[str | os.PathLike[str]]) -> Iterator[str]:
             raise FileNotFoundError(f"corpus file {p} does not exist")
         is_json = any(p.name.endswith(s) for s in (".json", ".jsonl", ".json.gz", ".jsonl.gz"))
         opener = gzip.open if p.name.endswith(".gz") else open
-        with opener(p, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                if is_json:
-                    try:
-                        yield json.loads(line)["text"]
-                    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                        raise ValueError(f"{p} line {lineno}: expected a JSON object with 'text' ({exc})") from exc
-                else:
-                    yield line.rstrip("\n")
+        n = 0
+        lineno = 0
+        try:
+            with opener(p, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+                for lineno, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    if is_json:
+                        try:
+                            text = json.loads(line)["text"]
+                        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                            raise ValueError(f"{p} line {lineno}: expected a JSON object with a 'text' field "
+                                             f"({type(exc).__name__}: {exc})") from exc
+                        if not isinstance(text, str):
+                            raise ValueError(f"{p} line {lineno}: 'text' is a {type(text).__name__}, not a string")
+                    else:
+                        text = line.rstrip("\n")
+                    n += 1
+                    yield text
+        except (UnicodeDecodeError, OSError, EOFError) as exc:  # binary, bad gzip, truncated gzip
+            raise ValueError(f"{p} line {lineno + 1}: not UTF-8 text{' (gzip)' if opener is gzip.open else ''} "
+                             f"({type(exc).__name__}: {exc})") from exc
+        if n == 0:
+            raise ValueError(f"{p} holds no text (empty, or only blank lines)")
 
 
 def train_wordpiece(
@@ -143,7 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         ap.error(f"{out} exists and is not empty; pass --force to overwrite")
-    path = train_wordpiece(args.files, out, args.vocab_size, min_frequency=args.min_frequency)
+    try:
+        path = train_wordpiece(args.files, out, args.vocab_size, min_frequency=args.min_frequency)
+    except (FileNotFoundError, ValueError) as e:  # bad input: one line naming the file, exit 2
+        sys.stderr.write(f"m2bert-train-tokenizer: error: {str(e).splitlines()[0]}\n")
+        raise SystemExit(2) from e
     tok = load_tokenizer(path)
     print(json.dumps({"out": str(path), "vocab_size": len(tok)}))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

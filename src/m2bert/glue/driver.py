@@ -29,6 +29,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from m2bert.cli_help import PRETRAIN_ONLY, register_resolvers, reject_foreign_groups
+from m2bert import cli
 from m2bert.glue.schema import OPTIMIZERS, POOLINGS, START_FROM, register
 from m2bert.train.builders import ConfigError
 from m2bert.train.torch_compile import normalize as normalize_compile
@@ -90,10 +91,11 @@ def task_settings(cfg: DictConfig, task: str) -> dict[str, Any]:
 
 
 def check_data(source: str, tasks: list[str]) -> None:
-    """Every train and eval file exists (local GLUE folder); the hub source is checked when loaded."""
+    """Every train and eval file exists and every row parses with its label in range (local GLUE folder);
+    the hub source is checked when loaded."""
     from pathlib import Path
 
-    from m2bert.data.glue import HF_SOURCES, get_task
+    from m2bert.data.glue import HF_SOURCES, get_task, validate_task_files
 
     if str(source) in HF_SOURCES:
         return
@@ -106,6 +108,11 @@ def check_data(source: str, tasks: list[str]) -> None:
             f = root / t.dir_name / t.splits[split]
             if not f.is_file():
                 raise ConfigError(f"data.source={source}: {f} is missing ({t.name} {split})")
+    for task in tasks:  # every row of every selected task, so a bad row in the last task stops round 1 too
+        try:
+            validate_task_files(root, task, ("train", *get_task(task).eval_splits))
+        except ValueError as e:
+            raise ConfigError(f"data.source={source}: {e}") from e
 
 
 def plan(cfg: DictConfig) -> dict[str, Any]:
@@ -163,17 +170,20 @@ def gpu_ids(cfg: DictConfig) -> list[int]:
     return list(range(torch.cuda.device_count()))
 
 
-def run_serial(specs: list[Any], start: Any) -> list[dict[str, Any]]:
+def run_serial(specs: list[Any], start: Any, done: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Jobs one after the other; each finished job's result is also appended to ``done`` at once."""
     from m2bert.glue.jobs import run_job
 
     results = []
     for i, spec in enumerate(specs, 1):
         log.info("job %d/%d: %s (round %d)", i, len(specs), spec.name, spec.round)
         results.append(run_job(spec, start))
+        if done is not None:
+            done.append(results[-1])
     return results
 
 
-def run_queue(specs: list[Any], gpus: list[int]) -> list[dict[str, Any]]:
+def run_queue(specs: list[Any], gpus: list[int], done: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One worker process per GPU id at a time; a finished worker frees its GPU for the next job.
 
     Each worker's output goes to its job folder's log.txt, so the console shows only start/finish
@@ -212,6 +222,8 @@ def run_queue(specs: list[Any], gpus: list[int]) -> list[dict[str, Any]]:
             if proc.returncode == 0 and os.path.isfile(result_path):
                 with open(result_path) as f:
                     results[spec.name] = json.load(f)
+                if done is not None:
+                    done.append(results[spec.name])
                 log.info("[gpu %d] done  %s in %.0f s: %s", gpu, spec.name, time.perf_counter() - t0,
                          format_metrics(results[spec.name]["metrics"]))
             else:
@@ -225,12 +237,14 @@ def run_queue(specs: list[Any], gpus: list[int]) -> list[dict[str, Any]]:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Validate, run round 1 and round 2 (the chain), aggregate; returns results incl. table and paths."""
+    from m2bert.glue.checks import check_tokenizer
     from m2bert.glue.jobs import get_tokenizer
     from m2bert.glue.results import write_results
     from m2bert.glue.start import max_length, padding_invariant, resolve_start
     from m2bert.train.builders import resolve_device_and_precision
 
     t0 = time.perf_counter()
+    cli.check_missing(cfg)
     if cfg.save_final not in ("chain", "all", "none"):
         raise ConfigError(f"save_final={cfg.save_final!r}; choose chain, all or none")
     if cfg.execution not in ("auto", "serial", "queue"):
@@ -242,10 +256,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                           trust=cfg.start.trust_checkpoint)
     if p["round2"] and cfg.chain.checkpoint:
         resolve_start("hf", cfg.chain.checkpoint, tokenizer=start.tokenizer)  # fail now, not after round 1
-    tok = get_tokenizer(start.tokenizer)
-    if len(tok) > start.config.vocab_size:
-        raise ConfigError(f"tokenizer {start.tokenizer} has {len(tok)} tokens but the model's vocab_size is "
-                          f"{start.config.vocab_size}; pass the tokenizer the checkpoint was trained with (start.tokenizer)")
+    check_tokenizer(start, get_tokenizer(start.tokenizer))
     if not cfg.data.pad_to_max_length and not padding_invariant(start.config):
         raise ConfigError(f"data.pad_to_max_length=false needs a padding-invariant model; {start.path} is not "
                           "(an original checkpoint reproduces the original, whose outputs depend on padding)")
@@ -260,8 +271,36 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("GLUE: %s; round 1 %s; round 2 %s (from %s); %s; run dir %s", cfg.glue.model_size, p["round1"], p["round2"],
              p["source"], f"queue over GPUs {gpus}" if queue else "serial", run_dir)
 
+    finished: list[dict[str, Any]] = []
+
     def run_round(specs: list[Any], st: Any) -> list[dict[str, Any]]:
-        return run_queue(specs, gpus) if queue else run_serial(specs, st)
+        return run_queue(specs, gpus, finished) if queue else run_serial(specs, st, finished)
+
+    label = str(cfg.run_name)  # the row says which run it is; the start is in results.json
+    try:
+        jobs, chain_start = run_rounds(cfg, run_dir, p, start, run_round)
+    except Exception as e:
+        if finished:  # keep what finished: results.* of those jobs, with the failure named
+            write_results(run_dir, finished, cfg.glue.model_size, label, cfg.published, cfg.plot,
+                          {"run_dir": run_dir, "failed": f"{type(e).__name__}: {e}",
+                           "overrides": list(cfg.get("_overrides_", []) or [])})
+            log.error("GLUE run failed after %d job(s); their results are in %s", len(finished),
+                      os.path.join(run_dir, "results.json"))
+        raise
+    extra = {
+        "run_dir": run_dir, "start": {"kind": start.kind, "path": start.path, "tokenizer": start.tokenizer},
+        "rounds": {"1": p["round1"], "2": p["round2"]}, "chain_source": p["source"],
+        "chain_checkpoint": chain_start.path if chain_start else None,
+        "overrides": list(cfg.get("_overrides_", []) or []), "time_s": round(time.perf_counter() - t0, 1),
+    }
+    results = write_results(run_dir, jobs, cfg.glue.model_size, label, cfg.published, cfg.plot, extra)
+    log.info("GLUE results (%s):\n%s", results["paths"]["markdown"], results["table"])
+    return results
+
+
+def run_rounds(cfg: DictConfig, run_dir: str, p: dict[str, Any], start: Any, run_round: Any) -> tuple[list[Any], Any]:
+    """Round 1, then round 2 from the chain source; returns the jobs' results and the chain start."""
+    from m2bert.glue.start import resolve_start
 
     jobs = run_round(job_specs(cfg, run_dir, p["round1"], p["settings"], start, 1, p["source"]), start)
     chain_start = None
@@ -275,23 +314,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             chain_start = resolve_start("hf", source_job["final_model"], tokenizer=start.tokenizer)
         log.info("round 2 %s starts from %s", p["round2"], chain_start.path)
         jobs += run_round(job_specs(cfg, run_dir, p["round2"], p["settings"], chain_start, 2, p["source"]), chain_start)
-    label = str(cfg.run_name)  # the row says which run it is; the start is in results.json
-    extra = {
-        "run_dir": run_dir, "start": {"kind": start.kind, "path": start.path, "tokenizer": start.tokenizer},
-        "rounds": {"1": p["round1"], "2": p["round2"]}, "chain_source": p["source"],
-        "chain_checkpoint": chain_start.path if chain_start else None,
-        "overrides": list(cfg.get("_overrides_", []) or []), "time_s": round(time.perf_counter() - t0, 1),
-    }
-    results = write_results(run_dir, jobs, cfg.glue.model_size, label, cfg.published, cfg.plot, extra)
-    log.info("GLUE results (%s):\n%s", results["paths"]["markdown"], results["table"])
-    return results
+    return jobs, chain_start
 
 
 @hydra.main(config_path="pkg://m2bert.yamls", config_name="glue", version_base=None)
-def _main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    cli.task_started()
     hc = HydraConfig.get()
     with_overrides = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     OmegaConf.set_struct(with_overrides, False)
@@ -300,16 +331,16 @@ def _main(cfg: DictConfig) -> None:
         with_overrides["run_dir"] = hc.runtime.output_dir  # each sweep job in its own folder
     try:
         results = run(with_overrides)
-    except ConfigError as e:
-        log.error("%s", e)
-        raise SystemExit(2) from e
+    except cli.USER_ERRORS as e:
+        cli.fail("m2bert-glue", e)
     print(results["table"])
 
 
 def main() -> None:
-    """``m2bert-glue``: the Hydra app, after refusing pretraining's groups (``model=...``) in one line."""
+    """The ``m2bert-glue`` console script: pretraining's groups (``model=...``) are refused, and user errors
+    are one line on stderr, exit 2."""
     reject_foreign_groups("m2bert-glue", PRETRAIN_ONLY)
-    _main()
+    cli.entry(hydra_main)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import csv
 import glob
 import json
 import logging
+import math
 import os
 import statistics
 from decimal import ROUND_HALF_UP, Decimal
@@ -84,9 +85,14 @@ def aggregate(jobs: list[dict[str, Any]]) -> dict[str, Any]:
             metric_stats[name] = {**_stats([100.0 * j["metrics"][split][m] for j in js]), "in_score": not keep or m in keep}
         tasks[task] = {"seeds": [j["seed"] for j in js], "metrics": metric_stats,
                        "score_metrics": list(keep), "score": _stats([job_score(task, j["metrics"]) for j in js])}
-    in_avg = [t for t in GLUE_AVERAGE_TASKS if t in tasks]
+    ran = [t for t in GLUE_AVERAGE_TASKS if t in tasks]
+    # A non-finite task score (e.g. Pearson of constant predictions) is left out of the average and named.
+    in_avg = [t for t in ran if math.isfinite(tasks[t]["score"]["mean"])]
+    excluded = [t for t in ran if t not in in_avg]
+    if excluded:
+        log.warning("GLUE average leaves out %s: non-finite score", excluded)
     glue = statistics.fmean(tasks[t]["score"]["mean"] for t in in_avg) if in_avg else None
-    return {"tasks": tasks, "glue_average": glue, "glue_average_tasks": in_avg}
+    return {"tasks": tasks, "glue_average": glue, "glue_average_tasks": in_avg, "glue_average_excluded": excluded}
 
 
 def load_published(path: str | os.PathLike[str] | None, model_size: str) -> dict[str, float] | None:
@@ -142,6 +148,8 @@ def markdown_table(agg: dict[str, Any], published: dict[str, float] | None, labe
         if missing:
             text += (f"\n\nNot run: {', '.join(missing)}; the GLUE average is over the "
                      f"{len(agg['glue_average_tasks'])} tasks run.")
+        if agg.get("glue_average_excluded"):
+            text += f"\n\nLeft out of the GLUE average (non-finite score): {', '.join(agg['glue_average_excluded'])}."
         blocks.append(text)
     other = [t for t in agg["tasks"] if t not in GLUE_AVERAGE_TASKS]
     if other:

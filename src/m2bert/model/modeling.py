@@ -18,6 +18,7 @@ from m2bert.config import M2BertConfig
 from m2bert.model.dimension_mixer import MonarchMLP
 from m2bert.model.embeddings import M2BertEmbeddings
 from m2bert.model.heads import ClassificationHead, MLMHead
+from m2bert.model.inputs import check_shapes, check_values, should_check_values
 from m2bert.model.monarch import BlockdiagLinear
 from m2bert.model.sequence_mixer import MonarchSequenceMixer
 
@@ -84,6 +85,9 @@ class M2BertModel(M2BertPreTrainedModel):
     ) -> BaseModelOutput | tuple:
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        check_shapes(input_ids, attention_mask, token_type_ids)
+        if should_check_values(self.config.check_inputs, input_ids):
+            check_values(input_ids, attention_mask, token_type_ids, self.config.vocab_size, self.config.type_vocab_size)
         hidden = self.embeddings(input_ids, token_type_ids)
         # Padding invariance: zero padded positions before each convolution (no host sync).
         mask = None
@@ -98,6 +102,15 @@ class M2BertModel(M2BertPreTrainedModel):
         if not return_dict:
             return tuple(v for v in (hidden, hidden_states) if v is not None)
         return BaseModelOutput(last_hidden_state=hidden, hidden_states=hidden_states)
+
+
+def masked_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the masked tokens; 0.0 (still in the graph, zero gradients) when a batch
+    has none. transformers returns NaN there (a mean over nothing), which turns the logged loss, and a
+    gradient-clipping norm, into NaN; a batch without a masked token simply has nothing to learn. The count is known on the host already (``nonzero`` chose the positions), so this adds no sync."""
+    if targets.numel() == 0:
+        return logits.float().sum()
+    return F.cross_entropy(logits.float(), targets)
 
 
 @dataclass
@@ -139,6 +152,7 @@ class M2BertForMaskedLM(M2BertPreTrainedModel):
         **kwargs: object,
     ) -> M2MaskedLMOutput | tuple:
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        check_shapes(input_ids, attention_mask, token_type_ids, labels)
         out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states, return_dict=True)
         hidden = out.last_hidden_state
         loss = positions = None
@@ -151,7 +165,7 @@ class M2BertForMaskedLM(M2BertPreTrainedModel):
                 # The count is data-dependent; softmax's decomposition needs to know it is not 0.
                 torch._check(positions.shape[0] > 0)
             logits = self.mlm_head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions))
-            loss = F.cross_entropy(logits.float(), flat_labels.index_select(0, positions))
+            loss = masked_lm_loss(logits, flat_labels.index_select(0, positions))
         if not return_dict:
             return tuple(v for v in (loss, logits, out.hidden_states) if v is not None)
         return M2MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, masked_positions=positions)

@@ -10,6 +10,8 @@ from composer.metrics.nlp import LanguageCrossEntropy, MaskedAccuracy
 from composer.models import ComposerModel
 from torchmetrics import Metric
 
+from m2bert.model.modeling import masked_lm_loss
+
 
 def encoder_and_mlm_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The encoder and the MLM head of an M2BertForMaskedLM or a transformers BertForMaskedLM."""
@@ -46,7 +48,7 @@ class ComposerMLM(ComposerModel):
         return {"logits": logits, "targets": labels.index_select(0, positions)}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
-        return F.cross_entropy(outputs["logits"].float(), outputs["targets"])
+        return masked_lm_loss(outputs["logits"], outputs["targets"])  # 0.0, not NaN, without masked tokens
 
     def eval_forward(self, batch: Any, outputs: Any | None = None) -> dict[str, torch.Tensor]:
         return outputs if outputs is not None else self.forward(batch)

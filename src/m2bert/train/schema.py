@@ -39,6 +39,7 @@ class DataConfig:
     mlm_probability: float = 0.30
     eval_mlm_probability: float = 0.15
     num_workers: int = 0
+    validate_hash: Optional[str] = None  # sha1 | xxh64: check every shard's hash against index.json at start-up
 
 
 @dataclass

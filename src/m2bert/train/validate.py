@@ -1,0 +1,78 @@
+"""Start-up checks of config values the schema's types cannot express (sizes, durations, betas).
+
+They run before Composer, the tokenizer or the model are imported, so a typo costs seconds, not
+a model build: each raises a one-line ConfigError naming the key and what it accepts.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from m2bert.train.builders import ConfigError
+
+# Composer's time units (composer.core.time.TimeUnit) and its "number followed by a unit" rule
+# (Time.from_timestring), plus its timedelta form (1h30m); checked without importing Composer.
+_TIME_UNITS = ("iter", "ep", "ba", "sp", "tok", "dur", "sec")
+_TIME_RE = re.compile(r"^(.+?)(" + "|".join(_TIME_UNITS) + r")$", re.IGNORECASE)
+_TIMEDELTA_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def check_time(key: str, value: Any, *, positive: bool = True) -> None:
+    """``value`` is a Composer time string such as ``70000ba``, ``1ep``, ``0.06dur`` or ``2h``."""
+    text = str(value).strip()
+    m = _TIME_RE.match(text)
+    number: float | None = None
+    if m:
+        try:
+            number = float(m.group(1))
+        except ValueError:
+            number = None
+    elif text and _TIMEDELTA_RE.match(text) and any(_TIMEDELTA_RE.match(text).groups()):
+        number = 1.0
+    if number is None or not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise ConfigError(f"{key}={value!r} is not a {'positive ' if positive else ''}Composer duration: "
+                          f"use a number and a unit ({', '.join(_TIME_UNITS)}), e.g. {key}=1000ba")
+
+
+def check_positive_ints(pairs: Iterable[tuple[str, Any]]) -> None:
+    for key, value in pairs:
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{key}={value!r} must be a positive integer")
+
+
+def check_betas(key: str, betas: Any) -> None:
+    values = list(betas) if betas is not None else []
+    if len(values) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in values):
+        raise ConfigError(f"{key}={values} must be two numbers in [0, 1), e.g. {key}=[0.9,0.98]")
+
+
+def check_pretrain(cfg: Any) -> None:
+    """Every value-level check of a pretraining config (the schema already checked keys and types)."""
+    check_positive_ints([("global_train_batch_size", cfg.global_train_batch_size),
+                         ("device_eval_batch_size", cfg.device_eval_batch_size),
+                         ("impl.device_train_microbatch_size", cfg.impl.device_train_microbatch_size),
+                         ("data.max_seq_len", cfg.data.max_seq_len)])
+    if cfg.data.num_workers < 0:
+        raise ConfigError(f"data.num_workers={cfg.data.num_workers} must be >= 0")
+    check_time("max_duration", cfg.max_duration)
+    check_time("eval_interval", cfg.eval_interval)
+    check_time("save_interval", cfg.save_interval)
+    check_time("console_log_interval", cfg.console_log_interval)
+    check_time("scheduler.t_warmup", cfg.scheduler.t_warmup, positive=False)
+    n = cfg.eval_subset_num_batches
+    if n == 0 or n < -1:
+        raise ConfigError(f"eval_subset_num_batches={n}: use -1 (the whole eval split) or a number of batches >= 1")
+    check_betas("optimizer.betas", cfg.optimizer.betas)
+    for key in ("mlm_probability", "eval_mlm_probability"):
+        p = cfg.data[key]
+        if not 0.0 < p < 1.0:
+            raise ConfigError(f"data.{key}={p} must be in (0, 1)")
+    if not (cfg.optimizer.lr > 0 and math.isfinite(cfg.optimizer.lr)):
+        raise ConfigError(f"optimizer.lr={cfg.optimizer.lr} must be a positive number")
+    if cfg.data.validate_hash is not None:
+        from m2bert.data.shards import HASH_ALGOS
+
+        if cfg.data.validate_hash not in HASH_ALGOS:
+            raise ConfigError(f"data.validate_hash={cfg.data.validate_hash!r}; choose one of {list(HASH_ALGOS)} or null")

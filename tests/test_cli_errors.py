@@ -1,0 +1,150 @@
+"""The console scripts on a user's mistake: ONE line on stderr naming the key or file and the fix,
+exit code 2, before any heavy work, and no empty run folder left behind (issue 15, "One-line errors").
+
+A few cases run the real entry points in a subprocess (real exit codes and stderr; each pays ~10 s
+of imports); the rest call the same ``main()`` in-process with ``sys.argv`` set, which goes through
+Hydra and our handler identically and ends in the same ``SystemExit``."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _run(module: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
+
+
+def _one_line(proc: subprocess.CompletedProcess, prog: str) -> str:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    return lines[0]
+
+
+def _in_process(main, prog: str, args: list[str], monkeypatch, capsys) -> subprocess.CompletedProcess:
+    """``main()`` with ``sys.argv`` set, its SystemExit and stderr as a CompletedProcess."""
+    from m2bert import cli
+
+    monkeypatch.setattr(sys, "argv", [prog, *args])
+    monkeypatch.setattr(cli, "_task_started", False)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess([prog, *args], exit_info.value.code, out.out, out.err)
+
+
+def test_pretrain_value_error_in_a_subprocess(tmp_path):
+    runs = tmp_path / "runs"
+    proc = _run("m2bert.pretrain", ["optimizer.betas=[0.9]", f"run_root={runs}", "run_name=r"])
+    assert "optimizer.betas=[0.9] must be two numbers in [0, 1)" in _one_line(proc, "m2bert-pretrain")
+    assert not runs.exists()  # Hydra's run folder of a failed start is removed again
+
+
+@pytest.mark.parametrize("override, expect", [
+    ("data.local={tmp}/no-such-shards", r"no-such-shards/train does not exist.*m2bert-convert-c4 --out-root"),
+    ("data.local=???", r"data.local is not set \(\?\?\?\): set data.local=.*m2bert-convert-c4"),
+    ("global_train_batch_size=0", r"global_train_batch_size=0 must be a positive integer"),
+    ("impl.device_train_microbatch_size=-1", r"impl.device_train_microbatch_size=-1 must be a positive integer"),
+    ("max_duration=abc", r"max_duration='abc' is not a positive Composer duration.*e.g. max_duration=1000ba"),
+    ("optimizer.betas=[0.9,1.2]", r"optimizer.betas=\[0.9, 1.2\] must be two numbers in \[0, 1\)"),
+    ("eval_subset_num_batches=0", r"eval_subset_num_batches=0: use -1 .* or a number of batches >= 1"),
+])
+def test_pretrain_config_errors_are_one_line(tmp_path, override, expect, monkeypatch, capsys):
+    import re
+
+    from m2bert.pretrain import main
+
+    runs = tmp_path / "runs"
+    proc = _in_process(main, "m2bert-pretrain", [override.format(tmp=tmp_path), f"run_root={runs}", "run_name=r"],
+                       monkeypatch, capsys)
+    assert re.search(expect, _one_line(proc, "m2bert-pretrain"))
+    assert not runs.exists()  # Hydra's run folder of a failed start is removed again
+
+
+def test_pretrain_truncated_shard_is_one_line(sample_mds, tmp_path, monkeypatch, capsys):
+    from m2bert.pretrain import main
+
+    data = tmp_path / "mds"
+    shutil.copytree(sample_mds["mds"], data)
+    zst = next((data / "train").glob("*.mds.zstd"))
+    zst.write_bytes(zst.read_bytes()[:100])
+    runs = tmp_path / "runs"
+    proc = _in_process(main, "m2bert-pretrain", ["model=m2_bert_tiny", "data=sample", f"data.local={data}",
+                                                 f"data.tokenizer={sample_mds['tokenizer']}", f"run_root={runs}"],
+                       monkeypatch, capsys)
+    line = _one_line(proc, "m2bert-pretrain")
+    assert f"{zst}: 100 bytes on disk" in line and "m2bert-convert-c4" in line
+    assert not runs.exists()
+
+
+def test_hydra_composition_error_exits_2(tmp_path):
+    """Hydra prints its own message (naming the key and the `+key=` fix); the exit code is 2."""
+    proc = _run("m2bert.pretrain", ["optimizer.learning_rate=1e-3", f"run_root={tmp_path / 'runs'}"])
+    assert proc.returncode == 2
+    assert "Could not override 'optimizer.learning_rate'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_traceback_only_with_hydra_full_error(tmp_path, monkeypatch):
+    from m2bert.pretrain import main
+    from m2bert.train.builders import ConfigError
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    monkeypatch.setattr(sys, "argv", ["m2bert-pretrain", "global_train_batch_size=0", f"run_root={tmp_path / 'runs'}"])
+    with pytest.raises(ConfigError, match="global_train_batch_size=0"):  # the exception itself, traceback and all
+        main()
+
+
+def test_glue_missing_start_path_is_one_line(tmp_path, monkeypatch, capsys):
+    from m2bert.glue.driver import main
+
+    runs = tmp_path / "runs"
+    proc = _in_process(main, "m2bert-glue", [f"run_root={runs}"], monkeypatch, capsys)
+    assert "start.path is not set (???): set start.path=" in _one_line(proc, "m2bert-glue")
+    assert not runs.exists()
+
+
+def test_glue_bad_row_in_a_later_task_is_one_line(tiny_hf, tmp_path):
+    from tests.test_bad_input import _sample_folder
+
+    root = _sample_folder(tmp_path / "glue", ["0", "1"], ["1", "nan"])
+    runs = tmp_path / "runs"
+    proc = _run("m2bert.glue.driver", ["glue=m2_bert_tiny", f"start.path={tiny_hf}", f"data.source={root}",
+                                       "tasks=[sample-ss,sample-pair]", f"run_root={runs}", "device=cpu"])
+    line = _one_line(proc, "m2bert-glue")
+    assert f"{root}/SAMPLE-PAIR/dev.tsv line 3: bad label 'nan'" in line
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize("content, expect", [
+    (None, "corpus file {f} does not exist"),
+    ("", "{f} holds no text"),
+    ('{"body": "x"}\n', "{f} line 1: expected a JSON object with a 'text' field"),
+    ("not json\n", "{f} line 1: expected a JSON object"),
+])
+def test_tokenizer_trainer_names_the_file(tmp_path, content, expect, capsys):
+    from m2bert.data.tokenizer import main
+
+    f = tmp_path / "corpus.json"
+    if content is not None:
+        f.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(f), "--out", str(tmp_path / "tok"), "--vocab-size", "300"])
+    proc = subprocess.CompletedProcess([], exit_info.value.code, "", capsys.readouterr().err)
+    assert expect.format(f=f) in _one_line(proc, "m2bert-train-tokenizer")
+    assert not Path(tmp_path / "tok").exists()
+
+
+def test_tokenizer_trainer_in_a_subprocess(tmp_path):
+    f = tmp_path / "corpus.jsonl"
+    f.write_text('{"text": "fine"}\n[1, 2]\n')
+    proc = _run("m2bert.data.tokenizer", [str(f), "--out", str(tmp_path / "tok"), "--vocab-size", "300"])
+    assert f"{f} line 2: expected a JSON object with a 'text' field" in _one_line(proc, "m2bert-train-tokenizer")
