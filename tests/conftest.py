@@ -44,6 +44,30 @@ def sample_mds(tmp_path_factory):
     return {"root": root, "raw": root / "raw", "mds": root / "mds", "tokenizer": root / "tokenizer"}
 
 
+# A tiny pretraining run on the sample shards: what most pretraining tests share (each adds its own keys).
+TINY_PRETRAIN = {
+    "global_train_batch_size": 16, "impl.device_train_microbatch_size": 16, "device_eval_batch_size": 64,
+    "eval_subset_num_batches": 2, "optimizer.lr": "2e-3", "scheduler.t_warmup": "0.1dur", "save_interval": "1000ba",
+    "console_log_interval": "1000ba",
+}
+
+
+def tiny_pretrain_overrides(sample_mds, run_root: Path, run_name: str, model: str = "m2_bert_tiny",
+                            settings: dict | None = None) -> list[str]:
+    """Overrides for a tiny pretraining run on the ``sample_mds`` shards; ``settings`` replace TINY_PRETRAIN's."""
+    values = {**TINY_PRETRAIN, **(settings or {})}
+    return [f"model={model}", "data=sample", f"data.local={sample_mds['mds']}", f"data.tokenizer={sample_mds['tokenizer']}",
+            *(f"{k}={v}" for k, v in values.items()), f"run_root={run_root}", f"run_name={run_name}"]
+
+
+def compose_pretrain(overrides: list[str]):
+    """yamls/pretrain.yaml composed with overrides."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
+        return compose(config_name="pretrain", overrides=overrides)
+
+
 def compose_glue(overrides: list[str]):
     """yamls/glue.yaml composed with overrides, as the GLUE tests need it."""
     from hydra import compose, initialize_config_module

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from tests.conftest import compose_pretrain, tiny_pretrain_overrides
 
 from m2bert.train.builders import ConfigError
 from m2bert.train.checkpoint_safety import load_checkpoint_safely
@@ -19,17 +19,9 @@ register()
 
 
 def _overrides(sample_mds, run_root: Path, run_name: str) -> list[str]:
-    return [
-        "model=m2_bert_tiny", "data=sample", f"data.local={sample_mds['mds']}", f"data.tokenizer={sample_mds['tokenizer']}",
-        "global_train_batch_size=8", "impl.device_train_microbatch_size=8", "device_eval_batch_size=64",
-        "eval_subset_num_batches=1", "max_duration=2ba", "eval_interval=2ba", "save_interval=2ba",
-        "console_log_interval=1000ba", f"run_root={run_root}", f"run_name={run_name}",
-    ]
+    return tiny_pretrain_overrides(sample_mds, run_root, run_name, settings={"global_train_batch_size": 8, "impl.device_train_microbatch_size": 8, "eval_subset_num_batches": 1,
+                     "max_duration": "2ba", "eval_interval": "2ba", "save_interval": "2ba"})
 
-
-def _compose(overrides: list[str]):
-    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
-        return compose(config_name="pretrain", overrides=overrides)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +30,7 @@ def ours(sample_mds, tmp_path_factory) -> dict[str, Path]:
     from m2bert.pretrain import run
 
     root = tmp_path_factory.mktemp("ckpt")
-    summary = run(_compose(_overrides(sample_mds, root, "genuine")))
+    summary = run(compose_pretrain(_overrides(sample_mds, root, "genuine")))
     return {"root": root, "ckpt": Path(summary["checkpoints"]) / "ep0-ba2-rank0.pt", "hf": Path(summary["hf_export"])}
 
 
@@ -109,7 +101,7 @@ def test_load_path_refuses_payload(ours, sample_mds, tmp_path):
     marker = tmp_path / "marker"
     evil = _evil(ours, tmp_path / "evil.pt", marker)
     with pytest.raises(ConfigError) as err:
-        run(_compose(_overrides(sample_mds, tmp_path, "lp") + [f"load_path={evil}"]))
+        run(compose_pretrain(_overrides(sample_mds, tmp_path, "lp") + [f"load_path={evil}"]))
     assert not marker.exists()
     _one_line_refusal(err, evil, "trust_checkpoint")
 
@@ -120,7 +112,7 @@ def test_autoresume_refuses_payload_placed_as_latest(ours, sample_mds, tmp_path)
     marker = tmp_path / "marker"
     latest = _evil(ours, tmp_path / "ar" / "checkpoints" / "latest-rank0.pt", marker)
     with pytest.raises(ConfigError) as err:
-        run(_compose(_overrides(sample_mds, tmp_path, "ar") + ["autoresume=true"]))
+        run(compose_pretrain(_overrides(sample_mds, tmp_path, "ar") + ["autoresume=true"]))
     assert not marker.exists()
     _one_line_refusal(err, latest, "trust_checkpoint")
     # the same through a latest link to a payload named like one of our checkpoints
@@ -128,7 +120,7 @@ def test_autoresume_refuses_payload_placed_as_latest(ours, sample_mds, tmp_path)
     named = _evil(ours, latest.with_name("ep0-ba4-rank0.pt"), marker)
     os.symlink(named.name, latest)
     with pytest.raises(ConfigError) as err:
-        run(_compose(_overrides(sample_mds, tmp_path, "ar") + ["autoresume=true"]))
+        run(compose_pretrain(_overrides(sample_mds, tmp_path, "ar") + ["autoresume=true"]))
     assert not marker.exists()
     _one_line_refusal(err, named, "trust_checkpoint")
 
@@ -141,7 +133,7 @@ def test_genuine_checkpoint_resumes(ours, sample_mds, tmp_path):
     folder.mkdir(parents=True)
     shutil.copy(ours["ckpt"], folder / ours["ckpt"].name)
     os.symlink(ours["ckpt"].name, folder / "latest-rank0.pt")
-    summary = run(_compose(_overrides(sample_mds, tmp_path, "cont") + ["autoresume=true", "max_duration=3ba",
+    summary = run(compose_pretrain(_overrides(sample_mds, tmp_path, "cont") + ["autoresume=true", "max_duration=3ba",
                                                                        "export_hf=false"]))
     assert summary["batches"] == 3
 

@@ -88,7 +88,7 @@ def test_switch_values():
 
 def test_pretraining_compiles_through_composer(sample_mds, tmp_path, monkeypatch, caplog):
     """impl.compile=true reaches Composer's compile_config: train and eval run compiled, time is logged."""
-    from tests.test_pretrain import compose_cfg, tiny_overrides
+    from tests.conftest import compose_pretrain, tiny_pretrain_overrides
 
     from m2bert.pretrain import run
 
@@ -102,7 +102,7 @@ def test_pretraining_compiles_through_composer(sample_mds, tmp_path, monkeypatch
     monkeypatch.setattr(torch, "compile", compile_fast)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     torch._dynamo.reset()
-    cfg = compose_cfg(tiny_overrides(sample_mds, tmp_path, "c") + [
+    cfg = compose_pretrain(tiny_pretrain_overrides(sample_mds, tmp_path, "c") + [
         "impl.compile=true", "max_duration=2ba", "eval_interval=2ba", "eval_subset_num_batches=1",
         "+model.overrides.num_hidden_layers=1", "export_hf=false"])
     with caplog.at_level(logging.INFO, logger="m2bert.train.torch_compile"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from tests.conftest import compose_pretrain, tiny_pretrain_overrides
 from hydra.errors import ConfigCompositionException
 from safetensors.torch import load_file
 
@@ -22,23 +22,11 @@ from m2bert.train.schema import register
 register()
 
 
-def tiny_overrides(sample_mds, run_root: Path, run_name: str, model: str = "m2_bert_tiny") -> list[str]:
-    return [
-        f"model={model}", "data=sample", f"data.local={sample_mds['mds']}", f"data.tokenizer={sample_mds['tokenizer']}",
-        "global_train_batch_size=16", "impl.device_train_microbatch_size=16", "device_eval_batch_size=64",
-        "eval_subset_num_batches=2", "optimizer.lr=2e-3", "scheduler.t_warmup=0.1dur", "save_interval=1000ba",
-        "console_log_interval=1000ba", f"run_root={run_root}", f"run_name={run_name}",
-    ]
-
-
-def compose_cfg(overrides: list[str]):
-    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
-        return compose(config_name="pretrain", overrides=overrides)
 
 
 @pytest.mark.parametrize("model", ["m2_bert_tiny", "bert_tiny"])
 def test_eval_loss_falls(sample_mds, tmp_path, model):
-    cfg = compose_cfg(tiny_overrides(sample_mds, tmp_path, model, model) + ["max_duration=30ba", "eval_interval=30ba", "eval_at_start=true"])
+    cfg = compose_pretrain(tiny_pretrain_overrides(sample_mds, tmp_path, model, model) + ["max_duration=30ba", "eval_interval=30ba", "eval_at_start=true"])
     summary = run(cfg)
     first, last = summary["eval"][0], summary["eval"][-1]
     assert (first["batch"], last["batch"]) == (0, 30)
@@ -63,29 +51,29 @@ def test_eval_loss_falls(sample_mds, tmp_path, model):
 
 def test_unknown_key_fails_fast(sample_mds, tmp_path):
     with pytest.raises(ConfigCompositionException) as e:
-        compose_cfg(tiny_overrides(sample_mds, tmp_path, "x") + ["optimizer.learning_rate=1e-3"])
+        compose_pretrain(tiny_pretrain_overrides(sample_mds, tmp_path, "x") + ["optimizer.learning_rate=1e-3"])
     assert "learning_rate" in str(e.value) + str(e.value.__cause__)
 
 
 def test_misspelled_group_value_lists_choices(sample_mds, tmp_path):
     with pytest.raises(ConfigCompositionException, match="m2_bert_tiny"):
-        compose_cfg(tiny_overrides(sample_mds, tmp_path, "x", model="m2_bert_tinyy"))
+        compose_pretrain(tiny_pretrain_overrides(sample_mds, tmp_path, "x", model="m2_bert_tinyy"))
 
 
 def test_wrong_type_fails_fast(sample_mds, tmp_path):
     with pytest.raises(ConfigCompositionException) as e:
-        compose_cfg(tiny_overrides(sample_mds, tmp_path, "x") + ["global_train_batch_size=many"])
+        compose_pretrain(tiny_pretrain_overrides(sample_mds, tmp_path, "x") + ["global_train_batch_size=many"])
     assert "global_train_batch_size" in str(e.value) + str(e.value.__cause__)
 
 
 def test_unknown_model_field_fails_before_training(sample_mds, tmp_path):
-    cfg = compose_cfg(tiny_overrides(sample_mds, tmp_path, "x") + ["+model.overrides.hiden_size=32"])
+    cfg = compose_pretrain(tiny_pretrain_overrides(sample_mds, tmp_path, "x") + ["+model.overrides.hiden_size=32"])
     with pytest.raises(ValueError, match="hiden_size"):
         run(cfg)
 
 
 def test_missing_data_path_fails_fast(sample_mds, tmp_path):
-    cfg = compose_cfg(tiny_overrides(sample_mds, tmp_path, "x") + [f"data.local={tmp_path / 'no-such-shards'}"])
+    cfg = compose_pretrain(tiny_pretrain_overrides(sample_mds, tmp_path, "x") + [f"data.local={tmp_path / 'no-such-shards'}"])
     with pytest.raises(FileNotFoundError, match="no-such-shards"):
         run(cfg)
     assert not (tmp_path / "x").exists()  # nothing was built or written
@@ -113,9 +101,9 @@ def test_two_processes_match_one(sample_mds, tmp_path):
     average per tensor (Adam moves near-zero-gradient weights by ±lr, hence no tight max).
     """
     common = ["max_duration=8ba", "eval_interval=8ba", "+model.overrides.hidden_dropout_prob=0.0", "export_hf=true"]
-    one = _cli(tiny_overrides(sample_mds, tmp_path, "one") + common)
+    one = _cli(tiny_pretrain_overrides(sample_mds, tmp_path, "one") + common)
     _finish(one)
-    two = _cli(tiny_overrides(sample_mds, tmp_path, "two") + common, nproc=2)
+    two = _cli(tiny_pretrain_overrides(sample_mds, tmp_path, "two") + common, nproc=2)
     _finish(two)
     s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
     s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
@@ -129,9 +117,9 @@ def test_two_processes_match_one(sample_mds, tmp_path):
 
 def test_autoresume_continues_exactly(sample_mds, tmp_path):
     common = ["max_duration=12ba", "eval_interval=12ba", "save_interval=4ba", "save_num_checkpoints_to_keep=-1"]
-    _finish(_cli(tiny_overrides(sample_mds, tmp_path, "straight") + common))
+    _finish(_cli(tiny_pretrain_overrides(sample_mds, tmp_path, "straight") + common))
 
-    args = tiny_overrides(sample_mds, tmp_path, "resumed") + common + ["autoresume=true"]
+    args = tiny_pretrain_overrides(sample_mds, tmp_path, "resumed") + common + ["autoresume=true"]
     proc = _cli(args, start_new_session=True)
     latest = tmp_path / "resumed" / "checkpoints" / "latest-rank0.pt"
     deadline = time.time() + 300

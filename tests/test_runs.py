@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from tests.conftest import compose_pretrain, tiny_pretrain_overrides
 from safetensors.torch import load_file
 
 from m2bert.train.builders import ConfigError
@@ -19,18 +19,9 @@ register()
 
 
 def _overrides(sample_mds, run_root: Path, run_name: str) -> list[str]:
-    return [
-        "model=m2_bert_tiny", "data=sample", f"data.local={sample_mds['mds']}", f"data.tokenizer={sample_mds['tokenizer']}",
-        "global_train_batch_size=8", "impl.device_train_microbatch_size=8", "device_eval_batch_size=64",
-        "eval_subset_num_batches=1", "max_duration=6ba", "eval_interval=2ba", "save_interval=2ba",
-        "save_num_checkpoints_to_keep=-1", "optimizer.lr=2e-3", "console_log_interval=1000ba",
-        f"run_root={run_root}", f"run_name={run_name}",
-    ]
+    return tiny_pretrain_overrides(sample_mds, run_root, run_name, settings={"global_train_batch_size": 8, "impl.device_train_microbatch_size": 8, "eval_subset_num_batches": 1,
+                     "max_duration": "6ba", "eval_interval": "2ba", "save_interval": "2ba", "save_num_checkpoints_to_keep": -1})
 
-
-def _compose(overrides: list[str]):
-    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
-        return compose(config_name="pretrain", overrides=overrides)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +30,7 @@ def straight(sample_mds, tmp_path_factory) -> dict:
     from m2bert.pretrain import run
 
     root = tmp_path_factory.mktemp("runs")
-    return {"root": root, "summary": run(_compose(_overrides(sample_mds, root, "straight")))}
+    return {"root": root, "summary": run(compose_pretrain(_overrides(sample_mds, root, "straight")))}
 
 
 def test_rerun_refuses_to_overwrite_checkpoints(straight, sample_mds):
@@ -48,14 +39,14 @@ def test_rerun_refuses_to_overwrite_checkpoints(straight, sample_mds):
     folder = Path(straight["summary"]["checkpoints"])
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     with pytest.raises(ConfigError) as err:
-        run(_compose(_overrides(sample_mds, straight["root"], "straight")))
+        run(compose_pretrain(_overrides(sample_mds, straight["root"], "straight")))
     msg = str(err.value)
     assert "\n" not in msg and str(folder) in msg and "autoresume=true" in msg and "overwrite=true" in msg, msg
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
 
 
 def test_default_run_name_is_unique(sample_mds, tmp_path):
-    cfg = _compose([o for o in _overrides(sample_mds, tmp_path, "x") if not o.startswith("run_name=")])
+    cfg = compose_pretrain([o for o in _overrides(sample_mds, tmp_path, "x") if not o.startswith("run_name=")])
     assert cfg.run_name.startswith("m2bert-pretrain-20") and len(cfg.run_name) == len("m2bert-pretrain-20250101-120000")
 
 
@@ -74,7 +65,7 @@ def test_resume_after_a_save_killed_midway_matches_uninterrupted(straight, sampl
     whole = (src / "ep0-ba4-rank0.pt").read_bytes()
     (folder / "ep0-ba4-rank0.pt").write_bytes(whole[: len(whole) // 3])  # what a kill in torch.save leaves
     os.symlink("ep0-ba4-rank0.pt", folder / "latest-rank0.pt")
-    summary = run(_compose(_overrides(sample_mds, tmp_path, "resumed") + ["autoresume=true"]))
+    summary = run(compose_pretrain(_overrides(sample_mds, tmp_path, "resumed") + ["autoresume=true"]))
     assert (folder / "ep0-ba4-rank0.pt.partial-1").stat().st_size == len(whole) // 3  # set aside, not deleted
     assert summary["batches"] == 6 and [r["batch"] for r in summary["eval"]] == [4, 6]
     a = {r["batch"]: r["loss"] for r in straight["summary"]["eval"]}
