@@ -107,7 +107,8 @@ class M2BertModel(M2BertPreTrainedModel):
 def masked_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the masked tokens; 0.0 (still in the graph, zero gradients) when a batch
     has none. transformers returns NaN there (a mean over nothing), which turns the logged loss, and a
-    gradient-clipping norm, into NaN; a batch without a masked token simply has nothing to learn. The count is known on the host already (``nonzero`` chose the positions), so this adds no sync."""
+    gradient-clipping norm, into NaN; a batch without a masked token simply has nothing to learn. The
+    count is known on the host already (``nonzero`` chose the positions), so this adds no sync."""
     if targets.numel() == 0:
         return logits.float().sum()
     return F.cross_entropy(logits.float(), targets)
