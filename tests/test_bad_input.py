@@ -346,14 +346,18 @@ def test_json_never_holds_nan(tmp_path, caplog):
 def test_glue_average_leaves_out_non_finite_scores(tmp_path):
     from m2bert.glue.results import write_results
 
-    jobs = [{"task": "stsb", "seed": 1, "metrics": {"validation": {"pearson": float("nan"), "spearmanr": 0.5}}},
-            {"task": "rte", "seed": 1, "metrics": {"validation": {"accuracy": 0.6}}}]
+    # Spearman (STS-B's score metric) of constant predictions is NaN; a NaN outside the score set (Pearson)
+    # would not touch the score.
+    jobs = [{"task": "stsb", "seed": 1, "metrics": {"validation": {"pearson": float("nan"), "spearmanr": float("nan")}}},
+            {"task": "rte", "seed": 1, "metrics": {"validation": {"accuracy": 0.6}}},
+            {"task": "mrpc", "seed": 1, "metrics": {"validation": {"f1": 0.8, "accuracy": float("nan")}}}]
     res = write_results(str(tmp_path), jobs, "m2-bert-tiny", "ours", published_path=str(tmp_path / "none.json"),
                         plot=False)
-    assert res["glue_average"] == pytest.approx(60.0) and res["glue_average_excluded"] == ["stsb"]
+    assert res["glue_average"] == pytest.approx(70.0) and res["glue_average_excluded"] == ["stsb"]
     assert "Left out of the GLUE average (non-finite score): stsb" in res["table"]
     data = json.loads((tmp_path / "results.json").read_text(), parse_constant=lambda t: pytest.fail(t))
-    assert data["tasks"]["stsb"]["score"]["mean"] is None and math.isclose(data["glue_average"], 60.0)
+    assert data["tasks"]["stsb"]["score"]["mean"] is None and math.isclose(data["glue_average"], 70.0)
+    assert data["tasks"]["mrpc"]["score"]["mean"] == pytest.approx(80.0)
 
 
 def _wordpiece(tmp_path: Path, name: str, words: str) -> Path:
