@@ -204,7 +204,7 @@ def markdown(result: dict[str, Any]) -> str:
 
     def row(label: str, a: Any, b: Any, delta: bool = True, digits: int = 1) -> str:
         if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-            d = fmt(a - b, digits) if delta else ""
+            d = (f"{a - b:,}" if isinstance(a - b, int) else fmt(a - b, digits)) if delta else ""
             a_s = f"{a:,}" if isinstance(a, int) else fmt(a, digits)
             b_s = f"{b:,}" if isinstance(b, int) else fmt(b, digits)
             return f"| {label} | {a_s} | {b_s} | {d} |"
@@ -240,7 +240,10 @@ def markdown(result: dict[str, Any]) -> str:
               "others accuracy), mean over seeds; per-seed spread:", ""]
     lines += [f"- {names[t]}: M2 ±{fmt(m2['glue_std'].get(t, 0.0), 2)}, BERT ±{fmt(bert['glue_std'].get(t, 0.0), 2)}"
               for t in TASKS]
+    load = ", ".join(f"{v:.1f}" for v in result.get("load_average_at_end", []))
     lines += ["", "Setup:", ""] + [f"- {s}" for s in result["setup"]]
+    lines += ["", f"Seconds and tokens/s are each model's own run, one after the other, not side by side (load average "
+              f"at the end: {load}); for speed compare with bench/train_throughput.py, which alternates steps."]
     return "\n".join(lines) + "\n"
 
 
@@ -295,8 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr-bert", type=float, default=1e-3, help="BERT pretraining learning rate")
     p.add_argument("--warmup", default="0.1dur", help="pretraining warm-up (a Composer time string)")
     p.add_argument("--seed", type=int, default=17)
+    p.add_argument("--report-only", action="store_true", help="only rewrite the .md and .png from --out's quality_study.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    stem = args.out / "quality_study"
+    if args.report_only:
+        result = json.loads(stem.with_suffix(".json").read_text())
+        stem.with_suffix(".md").write_text(markdown(result))
+        plot(result, stem.with_suffix(".png"))
+        return 0
     if args.quick:
         args.batches, args.batch_size, args.evals = 2, 8, 1
     vocab = args.shared / "data" / "bert-base-uncased" / "vocab.txt"
@@ -352,7 +362,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     from m2bert.atomic import atomic_write_json
 
-    stem = args.out / "quality_study"
     atomic_write_json(str(stem.with_suffix(".json")), result)
     stem.with_suffix(".md").write_text(markdown(result))
     plot(result, stem.with_suffix(".png"))
