@@ -44,6 +44,19 @@ def sample_mds(tmp_path_factory):
     return {"root": root, "raw": root / "raw", "mds": root / "mds", "tokenizer": root / "tokenizer"}
 
 
+def copy_shards_as_converted(src: Path, dst: Path) -> Path:
+    """A private copy of MDS shards as m2bert-convert-c4 wrote them: compressed only. Readers decompress
+    shards next to the originals, so after any test has read ``sample_mds`` its folder also holds raw
+    ``.mds`` files, which readers then prefer; tests that damage a compressed shard must not have them."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    for raw in dst.rglob("*.mds"):
+        if raw.with_name(raw.name + ".zstd").exists():
+            raw.unlink()
+    return dst
+
+
 # A tiny pretraining run on the sample shards: what most pretraining tests share (each adds its own keys).
 TINY_PRETRAIN = {
     "global_train_batch_size": 16, "impl.device_train_microbatch_size": 16, "device_eval_batch_size": 64,

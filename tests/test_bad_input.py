@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +14,7 @@ import torch
 
 from m2bert import M2BertConfig, M2BertForMaskedLM, M2BertForSequenceClassification
 from m2bert.data.shards import ShardError, check_shards
+from tests.conftest import copy_shards_as_converted
 
 # ----------------------------------------------------------------------------- MDS shards
 
@@ -22,9 +22,7 @@ from m2bert.data.shards import ShardError, check_shards
 @pytest.fixture
 def shards(sample_mds, tmp_path) -> Path:
     """A private copy of the sample's pre-tokenised shards (zstd only, as convert writes them)."""
-    out = tmp_path / "mds"
-    shutil.copytree(sample_mds["mds"], out)
-    return out
+    return copy_shards_as_converted(sample_mds["mds"], tmp_path / "mds")
 
 
 def _index(split_dir: Path) -> dict:

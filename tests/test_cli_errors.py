@@ -7,12 +7,13 @@ Hydra and our handler identically and ends in the same ``SystemExit``."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import copy_shards_as_converted
 
 
 def _run(module: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -72,13 +73,15 @@ def test_pretrain_config_errors_are_one_line(tmp_path, override, expect, monkeyp
 def test_pretrain_truncated_shard_is_one_line(sample_mds, tmp_path, monkeypatch, capsys):
     from m2bert.pretrain import main
 
-    data = tmp_path / "mds"
-    shutil.copytree(sample_mds["mds"], data)
+    data = copy_shards_as_converted(sample_mds["mds"], tmp_path / "mds")
     zst = next((data / "train").glob("*.mds.zstd"))
     zst.write_bytes(zst.read_bytes()[:100])
     runs = tmp_path / "runs"
+    # a short run, so that a regression fails the test instead of training for the default 70,000 batches
     proc = _in_process(main, "m2bert-pretrain", ["model=m2_bert_tiny", "data=sample", f"data.local={data}",
-                                                 f"data.tokenizer={sample_mds['tokenizer']}", f"run_root={runs}"],
+                                                 f"data.tokenizer={sample_mds['tokenizer']}", f"run_root={runs}",
+                                                 "max_duration=2ba", "global_train_batch_size=8",
+                                                 "impl.device_train_microbatch_size=8", "eval_subset_num_batches=1"],
                        monkeypatch, capsys)
     line = _one_line(proc, "m2bert-pretrain")
     assert f"{zst}: 100 bytes on disk" in line and "m2bert-convert-c4" in line
