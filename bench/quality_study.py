@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from m2bert.atomic import atomic_write_json
+
 log = logging.getLogger("bench.quality_study")
 
 TASKS = ("cola", "sst2", "mrpc", "stsb", "rte")
@@ -131,7 +133,7 @@ def pretrain(name: str, args: argparse.Namespace, mds: Path, vocab: Path, work: 
     t0 = time.perf_counter()
     summary = run(cfg)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(str(run_dir / "summary.json"), summary)
     return summary
 
 
@@ -299,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", default="0.1dur", help="pretraining warm-up (a Composer time string)")
     p.add_argument("--seed", type=int, default=17)
     p.add_argument("--report-only", action="store_true", help="only rewrite the .md and .png from --out's quality_study.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier study's results in --out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     stem = args.out / "quality_study"
@@ -313,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     for needed in (vocab, args.shared / "data" / "c4", args.shared / "data" / "wikitext", args.shared / "data" / "glue"):
         if not needed.exists():
             p.error(f"{needed} is missing: --shared must point at the shared data folder (../shared beside the repo)")
+    if stem.with_suffix(".json").exists() and not args.overwrite:
+        p.error(f"{stem.with_suffix('.json')} holds an earlier study: pass another --out, or --overwrite to replace it")
     work = args.work or (args.out / "work" if args.quick else Path("runs/quality_study"))
     t0 = time.perf_counter()
 
@@ -321,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus, mds = work / "corpus", work / "mds"
     if not (work / "corpus_counts.json").exists():
         counts = build_corpus(args.shared, corpus, limit=40 if args.quick else None)
-        (work / "corpus_counts.json").write_text(json.dumps(counts))
+        atomic_write_json(str(work / "corpus_counts.json"), counts)
     counts = json.loads((work / "corpus_counts.json").read_text())
     if not all((mds / s / "index.json").exists() for s in ("train", "val")):
         convert(str(corpus), str(mds), splits=("train", "val"), tokenizer=str(vocab), concat_tokens=SEQ_LEN,
@@ -360,8 +365,6 @@ def main(argv: list[str] | None = None) -> int:
         "models": {name: model_entry(name, summaries[name], glue[name], args.batch_size) for name in MODELS},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    from m2bert.atomic import atomic_write_json
-
     atomic_write_json(str(stem.with_suffix(".json")), result)
     stem.with_suffix(".md").write_text(markdown(result))
     plot(result, stem.with_suffix(".png"))
