@@ -24,7 +24,7 @@ demo: install
 	$(PY) -m m2bert.demo
 
 bench: install
-	$(PY) -m m2bert.bench.throughput --device cpu --lengths 128 512 2048 8192 --json bench/results/throughput_cpu.json
+	$(PY) bench/throughput.py --device cpu --lengths 128 512 2048 8192 --json bench/results/throughput_cpu.json
 
 lint: install
 	$(PY) -m pip install -q ruff==0.14.5 2>&1 | sed "/^WARNING: Location/d"

@@ -1,10 +1,167 @@
-"""Model throughput, M2-BERT vs BERT: a thin wrapper around ``python -m m2bert.bench.throughput``.
+"""Forward throughput (tokens/ms) of M2-BERT vs transformers' BERT, side by side in one process.
 
-    python bench/throughput.py --device cuda --kernels triton --json bench/results/gpu/throughput_triton.json
+Both models get the same batch per length, the MLM head included (as in the paper's
+benchmark), after warm-up; the ratio m2/bert is what to read. ``--compile best`` times each
+model eager and torch.compile'd (inductor; the first, compiling call is part of the warm-up) and
+compares the best of each, reporting both settings. Example:
 
-Every option is the module's (``--help``); on a machine without a GPU, ``--device cuda`` says so and exits.
+    python bench/throughput.py --device cpu --lengths 128 512 2048 8192 --json out.json
 """
-from m2bert.bench.throughput import main
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from typing import Any, Callable
+
+import torch
+
+from m2bert import cli_help
+
+log = logging.getLogger("bench.throughput")
+
+# The paper's GPU batch sizes (M2: 32/32/16/8/4 at 512..8192; BERT: 32/32/8/4/2). On the CPU,
+# both models get the same batch at each length, sized to keep a run within minutes.
+PAPER_GPU_BATCH = {
+    "m2": {512: 32, 1024: 32, 2048: 16, 4096: 8, 8192: 4},
+    "bert": {512: 32, 1024: 32, 2048: 8, 4096: 4, 8192: 2},
+}
+
+
+def cpu_batch(length: int, tokens: int) -> int:
+    return max(1, tokens // length)
+
+
+def build_m2(
+    preset: str, length: int, device: str, dtype: torch.dtype, impl: str, kernels: str = "auto"
+) -> torch.nn.Module:
+    from m2bert import M2BertConfig, M2BertForMaskedLM
+
+    cfg = M2BertConfig.from_preset(preset, max_length=max(length, 128), long_conv_impl=impl, kernels=kernels)
+    return M2BertForMaskedLM(cfg).to(device=device, dtype=dtype).eval()
+
+
+def build_bert(length: int, device: str, dtype: torch.dtype, attn: str) -> torch.nn.Module:
+    from transformers import BertConfig, BertForMaskedLM
+
+    cfg = BertConfig(max_position_embeddings=max(length, 512), attn_implementation=attn)  # bert-base shapes
+    return BertForMaskedLM(cfg).to(device=device, dtype=dtype).eval()
+
+
+def time_forward(fn: Callable[[], Any], device: str, warmup: int, repeats: int) -> float:
+    """Median seconds per call after warm-up."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        sync()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def time_model(model: torch.nn.Module, batch: int, length: int, device: str, warmup: int, repeats: int) -> float:
+    ids = torch.randint(1000, 30000, (batch, length), device=device)
+    mask = torch.ones_like(ids)
+    return time_forward(lambda: model(input_ids=ids, attention_mask=mask), device, warmup, repeats)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but no CUDA GPU is visible; run with --device cpu or on a GPU machine")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    results: dict[str, Any] = {
+        "benchmark": "forward throughput, MLM head included",
+        "device": device,
+        "dtype": args.dtype,
+        "m2_preset": args.preset,
+        "m2_kernels": args.kernels,
+        "compile": args.compile,
+        "bert": f"transformers BertForMaskedLM (bert-base), attn_implementation={args.attn}",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "lengths": {},
+    }
+    for length in args.lengths:
+        if device.startswith("cuda"):
+            b_m2 = PAPER_GPU_BATCH["m2"].get(length, 32)
+            b_bert = PAPER_GPU_BATCH["bert"].get(length, 32)
+        else:
+            b_m2 = b_bert = cpu_batch(length, args.tokens)
+        row: dict[str, Any] = {"m2_batch": b_m2, "bert_batch": b_bert}
+        models = {
+            "m2": lambda: build_m2(args.preset, length, device, dtype, args.long_conv_impl, args.kernels),
+            "bert": lambda: build_bert(length, device, dtype, args.attn),
+        }
+        settings = {"false": ("eager",), "true": ("compiled",), "best": ("eager", "compiled")}[args.compile]
+        for name, batch in (("m2", b_m2), ("bert", b_bert)):
+            model = models[name]()
+            secs = {}
+            for setting in settings:
+                fn = model
+                if setting == "compiled":
+                    from m2bert.train.torch_compile import compile_module
+
+                    fn = compile_module(model, dynamic=False)
+                secs[setting] = time_model(fn, batch, length, device, args.warmup, args.repeats)
+                if len(settings) > 1:
+                    row[f"{name}_{setting}_tok_per_ms"] = round(batch * length / (secs[setting] * 1e3), 3)
+            best = min(secs, key=secs.__getitem__)
+            row[f"{name}_best"] = best
+            row[f"{name}_tok_per_ms"] = round(batch * length / (secs[best] * 1e3), 3)
+            row[f"{name}_ms_per_batch"] = round(secs[best] * 1e3, 2)
+        row["ratio"] = round(row["m2_tok_per_ms"] / row["bert_tok_per_ms"], 3)
+        results["lengths"][str(length)] = row
+        log.info("L=%d %s", length, row)
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = cli_help.ArgumentParser(__doc__)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 2048, 8192], help="sequence lengths in tokens")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: fp32 on CPU, bf16 on CUDA")
+    p.add_argument("--preset", default="m2-bert-base-80m", help="M2BertConfig preset")
+    p.add_argument("--long-conv-impl", default="fft", choices=["fft", "monarch", "direct"], help="long convolution path")
+    p.add_argument("--kernels", default="auto", choices=["auto", "triton", "torch"],
+                   help="M2 config `kernels`: auto = fused Triton kernels on CUDA, PyTorch elsewhere")
+    p.add_argument("--compile", choices=["false", "true", "best"], default="false",
+                   help="torch.compile the models: false (eager), true, or best (both, each model's best compared)")
+    p.add_argument("--attn", default="sdpa", help="BERT attention implementation (sdpa, eager)")
+    p.add_argument("--tokens", type=int, default=2048, help="CPU: tokens per batch (batch = tokens // length, at least 1)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed forward passes per length")
+    p.add_argument("--repeats", type=int, default=3, help="timed forward passes per length (the median is reported)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--json", default=None, help="write the results here too")
+    args = p.parse_args(argv)
+    if args.dtype is None:
+        args.dtype = "bf16" if args.device.startswith("cuda") else "fp32"
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    results = run(args)
+    text = json.dumps(results, indent=2)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+    print(text)  # the JSON on stdout is this tool's output
+
 
 if __name__ == "__main__":
     main()

@@ -229,7 +229,7 @@ def test_collator_checks_each_batch(sample_mds):
 def test_pretrain_value_checks():
     from omegaconf import OmegaConf
 
-    from m2bert.train.builders import ConfigError
+    from m2bert.options import ConfigError
     from m2bert.train.schema import PretrainConfig
     from m2bert.train.validate import check_pretrain, check_time
 
@@ -255,7 +255,7 @@ def test_pretrain_value_checks():
 def test_time_check_agrees_with_composer():
     from composer.core.time import Time
 
-    from m2bert.train.builders import ConfigError
+    from m2bert.options import ConfigError
     from m2bert.train.validate import check_time
 
     for text in ("70000ba", "1ep", "0.06dur", "3e4tok", "12sp", "10sec", "1h", "abc", "ba", "10 ba x", "1.5.2ep"):
@@ -320,7 +320,7 @@ def test_class_labels_must_be_in_range(tmp_path, bad):
 def test_every_task_is_checked_before_the_first_job(tmp_path):
     """A bad row in the second task's dev file stops the run at start-up, not after the first task trained."""
     from m2bert.glue.driver import check_data
-    from m2bert.train.builders import ConfigError
+    from m2bert.options import ConfigError
 
     root = _sample_folder(tmp_path, ["0", "1"], ["1", "0", "7"])
     check_data(str(root), ["sample-ss"])
@@ -367,7 +367,7 @@ def _wordpiece(tmp_path: Path, name: str, words: str) -> Path:
 def test_tokenizer_must_be_the_models(tmp_path):
     from m2bert.data.tokenizer import load_tokenizer
     from m2bert.glue.checks import check_tokenizer
-    from m2bert.train.builders import ConfigError
+    from m2bert.options import ConfigError
 
     saved = _wordpiece(tmp_path, "hf", "alpha beta gamma delta epsilon")
     other = _wordpiece(tmp_path, "other", "one two three four five six")

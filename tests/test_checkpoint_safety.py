@@ -11,7 +11,7 @@ import pytest
 import torch
 from tests.conftest import compose_pretrain, tiny_pretrain_overrides
 
-from m2bert.train.builders import ConfigError
+from m2bert.options import ConfigError
 from m2bert.train.checkpoint_safety import load_checkpoint_safely
 from m2bert.train.schema import register
 

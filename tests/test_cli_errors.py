@@ -98,7 +98,7 @@ def test_hydra_composition_error_exits_2(tmp_path):
 
 def test_traceback_only_with_hydra_full_error(tmp_path, monkeypatch):
     from m2bert.pretrain import main
-    from m2bert.train.builders import ConfigError
+    from m2bert.options import ConfigError
 
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     monkeypatch.setattr(sys, "argv", ["m2bert-pretrain", "global_train_batch_size=0", f"run_root={tmp_path / 'runs'}"])

@@ -78,8 +78,6 @@ def _argparse_help(name: str, monkeypatch, capsys) -> str:
         from m2bert.data.sample import main
     elif name == "demo":
         from m2bert.demo import main
-    elif name == "throughput":
-        from m2bert.bench.throughput import main
     else:
         main = _bench(name).main
     monkeypatch.setattr(sys, "argv", ["prog", "--help"])

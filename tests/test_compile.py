@@ -16,7 +16,7 @@ import torch._dynamo
 
 from m2bert import M2BertConfig, M2BertForMaskedLM, M2BertForSequenceClassification
 from m2bert.train import torch_compile
-from m2bert.train.builders import ConfigError
+from m2bert.options import ConfigError
 from m2bert.train.composer_models import ComposerMLM
 
 BACKEND = "inductor" if os.environ.get("M2BERT_TEST_INDUCTOR") == "1" else "aot_eager"

@@ -24,7 +24,7 @@ from m2bert.glue.results import (
 )
 from m2bert.glue.schema import register
 from m2bert.glue.start import load_classifier, resolve_start
-from m2bert.train.builders import ConfigError
+from m2bert.options import ConfigError
 from tests.conftest import compose_glue, shared_path
 
 register()

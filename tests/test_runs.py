@@ -11,7 +11,7 @@ import torch
 from tests.conftest import compose_pretrain, tiny_pretrain_overrides
 from safetensors.torch import load_file
 
-from m2bert.train.builders import ConfigError
+from m2bert.options import ConfigError
 from m2bert.train.runs import prepare_autoresume
 from m2bert.train.schema import register
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from m2bert.data.shards import ShardError
-from m2bert.train.builders import ConfigError
+from m2bert.options import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from m2bert import cli
 from m2bert.atomic import atomic_write_json
+from m2bert.options import ConfigError
 from m2bert.cli_help import GLUE_ONLY, register_resolvers, reject_foreign_groups
 from m2bert.train.schema import register
 
@@ -65,7 +66,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     resume_from = resume_from and os.path.realpath(resume_from)  # refusals name the file, not the link
     for ckpt in (resume_from, cfg.load_path and format_name_with_dist(cfg.load_path, run_name)):
         if ckpt is not None and "://" in str(ckpt) and not cfg.trust_checkpoint:
-            raise builders.ConfigError(f"load_path={ckpt} is remote and cannot be checked before Composer unpickles it: "
+            raise ConfigError(f"load_path={ckpt} is remote and cannot be checked before Composer unpickles it: "
                                        f"download it and pass the local file, or set trust_checkpoint=true")
         if ckpt is not None:
             check_checkpoint(ckpt, cfg.trust_checkpoint)
@@ -73,7 +74,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     world = dist.get_world_size()
     if cfg.global_train_batch_size % world:
-        raise builders.ConfigError(f"global_train_batch_size={cfg.global_train_batch_size} is not divisible by {world} devices")
+        raise ConfigError(f"global_train_batch_size={cfg.global_train_batch_size} is not divisible by {world} devices")
     reproducibility.seed_all(cfg.seed)
     model = builders.build_mlm_model(cfg.model, cfg.impl, len(tokenizer), cfg.data.max_seq_len)
     log.info("model: %s (%s), %.1fM parameters", cfg.model.preset, type(model).__name__,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from m2bert.train.builders import ConfigError
+from m2bert.options import ConfigError
 
 
 def saved_tokenizer_dir(kind: str, path: str) -> str | None:

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from m2bert.cli_help import PRETRAIN_ONLY, register_resolvers, reject_foreign_groups
 from m2bert import cli
 from m2bert.glue.schema import OPTIMIZERS, POOLINGS, START_FROM, register
-from m2bert.train.builders import ConfigError
+from m2bert.options import ConfigError
 from m2bert.train.torch_compile import normalize as normalize_compile
 
 log = logging.getLogger("m2bert.glue")

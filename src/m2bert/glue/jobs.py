@@ -159,7 +159,7 @@ def run_job(spec: JobSpec, start: Any | None = None) -> dict[str, Any]:
     from m2bert.data.glue import get_task
     from m2bert.glue.start import load_classifier, padding_invariant, resolve_start
     from m2bert.train import builders
-    from m2bert.train.builders import ConfigError
+    from m2bert.options import ConfigError
     from m2bert.train.composer_models import ComposerClassifier
     from m2bert.train.torch_compile import CompileTimer, composer_compile_config
     from omegaconf import OmegaConf

@@ -33,7 +33,7 @@ import torch
 from transformers import BertConfig, PretrainedConfig
 
 from m2bert.config import M2BertConfig
-from m2bert.train.builders import ConfigError
+from m2bert.options import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from m2bert.atomic import atomic_directory
 from m2bert.config import M2BertConfig
 from m2bert.model.param_groups import param_groups
+from m2bert.options import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +23,6 @@ BERT_PRESETS: dict[str, dict[str, Any]] = {
     # m2-bert-small's width and depth (the CPU quality study's baseline)
     "bert-small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
 }
-
-
-class ConfigError(ValueError):
-    """A configuration problem found at start-up, before any heavy work."""
 
 
 def vocab_size_for(tokenizer_len: int, overrides: dict[str, Any]) -> int:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.torch_version import TorchVersion
 
-from m2bert.train.builders import ConfigError
+from m2bert.options import ConfigError
 
 log = logging.getLogger(__name__)
 

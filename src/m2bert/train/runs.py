@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from m2bert.train.builders import ConfigError
+from m2bert.options import ConfigError
 
 log = logging.getLogger(__name__)
 

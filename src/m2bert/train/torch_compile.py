@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from m2bert.train.builders import ConfigError
+from m2bert.options import ConfigError
 
 log = logging.getLogger(__name__)
 

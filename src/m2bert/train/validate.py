@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from m2bert.train.builders import ConfigError
+from m2bert.options import ConfigError
 
 # Composer's time units (composer.core.time.TimeUnit) and its "number followed by a unit" rule
 # (Time.from_timestring), plus its timedelta form (1h30m); checked without importing Composer.
