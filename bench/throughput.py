@@ -44,33 +44,47 @@ def build_m2(
     return M2BertForMaskedLM(cfg).to(device=device, dtype=dtype).eval()
 
 
-def build_bert(length: int, device: str, dtype: torch.dtype, attn: str) -> torch.nn.Module:
+def bert_preset_for(m2_preset: str) -> str:
+    """The BERT baseline of the same width and depth where one exists (tiny, small); bert-base otherwise."""
+    return {"m2-bert-tiny": "bert-tiny", "m2-bert-small": "bert-small"}.get(m2_preset, "bert-base")
+
+
+def build_bert(preset: str, length: int, vocab: int, device: str, dtype: torch.dtype, attn: str) -> torch.nn.Module:
     from transformers import BertConfig, BertForMaskedLM
 
-    cfg = BertConfig(max_position_embeddings=max(length, 512), attn_implementation=attn)  # bert-base shapes
+    from m2bert.train.builders import BERT_PRESETS
+
+    cfg = BertConfig(max_position_embeddings=max(length, 512), attn_implementation=attn, vocab_size=vocab,
+                     **BERT_PRESETS[preset])
     return BertForMaskedLM(cfg).to(device=device, dtype=dtype).eval()
 
 
-def time_forward(fn: Callable[[], Any], device: str, warmup: int, repeats: int) -> float:
-    """Median seconds per call after warm-up."""
+def time_side_by_side(fns: dict[str, Callable[[], Any]], device: str, warmup: int, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function; calls alternate (order reversed every round) so that every
+    function sees the same machine: on a shared CPU, back-to-back runs differ by ±10%."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times: dict[str, list[float]] = {name: [] for name in fns}
     with torch.inference_mode():
-        for _ in range(warmup):
-            fn()
-        sync()
-        times = []
-        for _ in range(repeats):
+        for name, fn in fns.items():
             t0 = time.perf_counter()
-            fn()
+            for _ in range(warmup):
+                fn()
             sync()
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+            if name.endswith("compiled"):
+                log.info("warm-up of %s (compiling included): %.1f s", name, time.perf_counter() - t0)
+        for r in range(repeats):
+            for name in list(fns)[:: 1 if r % 2 == 0 else -1]:
+                t0 = time.perf_counter()
+                fns[name]()
+                sync()
+                times[name].append(time.perf_counter() - t0)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
-def time_model(model: torch.nn.Module, batch: int, length: int, device: str, warmup: int, repeats: int) -> float:
-    ids = torch.randint(1000, 30000, (batch, length), device=device)
+def forward_call(model: torch.nn.Module, batch: int, length: int, vocab: int, device: str) -> Callable[[], Any]:
+    ids = torch.randint(1000 if vocab > 2000 else 5, vocab, (batch, length), device=device)
     mask = torch.ones_like(ids)
-    return time_forward(lambda: model(input_ids=ids, attention_mask=mask), device, warmup, repeats)
+    return lambda: model(input_ids=ids, attention_mask=mask)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -81,50 +95,53 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    bert_preset = args.bert_preset or bert_preset_for(args.preset)
     results: dict[str, Any] = {
-        "benchmark": "forward throughput, MLM head included",
+        "benchmark": "forward throughput, MLM head included; calls alternate between the models",
         "device": device,
         "dtype": args.dtype,
         "m2_preset": args.preset,
         "m2_kernels": args.kernels,
         "compile": args.compile,
-        "bert": f"transformers BertForMaskedLM (bert-base), attn_implementation={args.attn}",
+        "bert": f"transformers BertForMaskedLM ({bert_preset}), attn_implementation={args.attn}",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "lengths": {},
     }
+    settings = {"false": ("eager",), "true": ("compiled",), "best": ("eager", "compiled")}[args.compile]
     for length in args.lengths:
         if device.startswith("cuda"):
-            b_m2 = PAPER_GPU_BATCH["m2"].get(length, 32)
-            b_bert = PAPER_GPU_BATCH["bert"].get(length, 32)
+            batches = {"m2": PAPER_GPU_BATCH["m2"].get(length, 32), "bert": PAPER_GPU_BATCH["bert"].get(length, 32)}
         else:
-            b_m2 = b_bert = cpu_batch(length, args.tokens)
-        row: dict[str, Any] = {"m2_batch": b_m2, "bert_batch": b_bert}
-        models = {
-            "m2": lambda: build_m2(args.preset, length, device, dtype, args.long_conv_impl, args.kernels),
-            "bert": lambda: build_bert(length, device, dtype, args.attn),
-        }
-        settings = {"false": ("eager",), "true": ("compiled",), "best": ("eager", "compiled")}[args.compile]
-        for name, batch in (("m2", b_m2), ("bert", b_bert)):
-            model = models[name]()
-            secs = {}
+            batches = dict.fromkeys(("m2", "bert"), cpu_batch(length, args.tokens))
+        m2 = build_m2(args.preset, length, device, dtype, args.long_conv_impl, args.kernels)
+        vocab = m2.config.vocab_size  # the same MLM head size for both
+        models = {"m2": m2, "bert": build_bert(bert_preset, length, vocab, device, dtype, args.attn)}
+        fns: dict[str, Callable[[], Any]] = {}
+        for name, model in models.items():
             for setting in settings:
                 fn = model
                 if setting == "compiled":
                     from m2bert.train.torch_compile import compile_module
 
                     fn = compile_module(model, dynamic=False)
-                secs[setting] = time_model(fn, batch, length, device, args.warmup, args.repeats)
-                if len(settings) > 1:
-                    row[f"{name}_{setting}_tok_per_ms"] = round(batch * length / (secs[setting] * 1e3), 3)
-            best = min(secs, key=secs.__getitem__)
+                fns[f"{name}_{setting}"] = forward_call(fn, batches[name], length, vocab, device)
+        secs = time_side_by_side(fns, device, args.warmup, args.repeats)
+        row: dict[str, Any] = {"m2_batch": batches["m2"], "bert_batch": batches["bert"]}
+        for name in models:
+            per_setting = {setting: secs[f"{name}_{setting}"] for setting in settings}
+            if len(settings) > 1:
+                for setting, sec in per_setting.items():
+                    row[f"{name}_{setting}_tok_per_ms"] = round(batches[name] * length / (sec * 1e3), 3)
+            best = min(per_setting, key=per_setting.__getitem__)
             row[f"{name}_best"] = best
-            row[f"{name}_tok_per_ms"] = round(batch * length / (secs[best] * 1e3), 3)
-            row[f"{name}_ms_per_batch"] = round(secs[best] * 1e3, 2)
+            row[f"{name}_tok_per_ms"] = round(batches[name] * length / (per_setting[best] * 1e3), 3)
+            row[f"{name}_ms_per_batch"] = round(per_setting[best] * 1e3, 2)
         row["ratio"] = round(row["m2_tok_per_ms"] / row["bert_tok_per_ms"], 3)
         results["lengths"][str(length)] = row
         log.info("L=%d %s", length, row)
+        del models, fns
     return results
 
 
@@ -139,6 +156,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="M2 config `kernels`: auto = fused Triton kernels on CUDA, PyTorch elsewhere")
     p.add_argument("--compile", choices=["false", "true", "best"], default="false",
                    help="torch.compile the models: false (eager), true, or best (both, each model's best compared)")
+    p.add_argument("--bert-preset", default=None, help="BERT baseline (bert-base, bert-small, bert-tiny); default: "
+                   "the one of the M2 preset's width and depth where it exists, else bert-base")
     p.add_argument("--attn", default="sdpa", help="BERT attention implementation (sdpa, eager)")
     p.add_argument("--tokens", type=int, default=2048, help="CPU: tokens per batch (batch = tokens // length, at least 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed forward passes per length")
