@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check of the fused Triton kernels (issue 6), all in one go, within ~8 minutes, offline:
-#   1. correctness of the compiled kernels on the GPU (tests/test_kernels_gpu.py),
+#   1. correctness of the compiled kernels on the GPU (tests/kernels/test_gpu.py),
 #   2. bench/kernels.py: each kernel vs PyTorch eager and torch.compile, bf16, B=32, H=768,
 #   3. bench/throughput.py --device cuda --compile best, per length (128/512/2048/8192): M2 eager,
 #      compiled (kernels torch + inductor), fused (kernels triton) and fused+compiled, BERT (SDPA) eager
@@ -40,7 +40,7 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.lo
   [ $rc -eq 0 ] || status=1
 }
 : > "$OUT/summary.txt"
-step gpu_tests 120 "$PY" -m pytest tests/test_kernels_gpu.py -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml"
+step gpu_tests 120 "$PY" -m pytest tests/kernels/test_gpu.py -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml"
 # Writes its JSON after every measurement: a run cut by the limit keeps what it measured.
 step kernels_bench 100 "$PY" bench/kernels.py --json "$OUT/kernels.json" --repeats 10
 LENGTHS=${LENGTHS:-128 512 2048 8192}

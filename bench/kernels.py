@@ -17,7 +17,7 @@ for choosing the tiles-to-passes threshold (``TILE_MAX_N`` in kernels/seq_mixer_
 
 Needs a CUDA GPU: on a CPU it says so and exits (the kernels' CPU tests are ``make test``),
 except with ``--compile-for ARCH``, which runs anywhere: every variant above is compiled for
-sm_ARCH instead of launched (kernels/aot.py), forward and backward, and each kernel's shared
+sm_ARCH instead of launched (bench/kernels_aot.py), forward and backward, and each kernel's shared
 memory, registers and spills are reported; exit 1 if one does not compile or does not fit.
 
     python bench/kernels.py --compile-for 90 --json bench/results/compile_sm90.json
@@ -25,10 +25,13 @@ memory, registers and spills are reported; exit 1 if one does not compile or doe
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 import time
+from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 import torch
@@ -76,8 +79,20 @@ def time_ms(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def kernels_aot() -> ModuleType:
+    """bench/kernels_aot.py, loaded by its path (bench/ is not a package), however this file is run."""
+    name = "bench_kernels_aot"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("kernels_aot.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before running it: its dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def seq_mixer_case(batch: int, length: int, h: int, dtype: torch.dtype, device: torch.device):
-    from m2bert.kernels.seq_mixer_conv import reference
+    from m2bert.model.seq_mixer_conv import seq_mixer_conv_reference as reference
 
     def p(*shape, scale=1.0):
         return (torch.randn(*shape, device=device) * scale).to(dtype).requires_grad_()
@@ -116,7 +131,7 @@ def seq_mixer_variants(length: int, h: int, warps: list[int] | None) -> dict[str
 
 
 def glu_case(batch: int, length: int, h: int, dtype: torch.dtype, device: torch.device, nblocks: int = 4):
-    from m2bert.kernels.blockdiag_glu import reference
+    from m2bert.model.monarch import monarch_glu as reference
 
     i = 4 * h
     x = torch.randn(batch, length, h, device=device, dtype=dtype).requires_grad_()
@@ -214,8 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def compile_report(args: argparse.Namespace) -> dict[str, Any]:
     """--compile-for: what every variant's kernels need on sm_ARCH, without a GPU (batch 2: the
     compiled code does not depend on the batch size, and CPU memory stays small)."""
-    from m2bert.kernels.aot import compile_only
-
+    compile_only = kernels_aot().compile_only
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     results: dict[str, Any] = {"benchmark": f"Triton kernels compiled for sm_{args.compile_for} (no launch)",
                                "hidden": args.hidden, "dtype": args.dtype, "launches": [], "errors": []}
@@ -264,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile-for", type=int, default=None, metavar="ARCH",
                    help="no GPU needed: compile for sm_ARCH (90: H100/H200, 80: A100) and report resources")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: a smoke run of this script under
-    # TRITON_INTERPRET=1 (tests/test_kernels.py); its times mean nothing
+    # TRITON_INTERPRET=1 (tests/kernels/test_compiled.py); its times mean nothing
     args = p.parse_args(argv)
     if args.compile_for is not None:
         results = compile_report(args)

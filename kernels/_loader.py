@@ -4,7 +4,7 @@ Triton 3.3 reads ``TRITON_INTERPRET`` when ``@triton.jit`` decorates a function,
 kernel runs, and that includes triton.language's own helpers, decorated when triton is first
 imported (which ``import torch``/``transformers`` may already do). So the interpreter works
 only with the variable set before Python starts; the kernel tests therefore run in a
-subprocess (tests/test_kernels.py). Here the kernel files are executed lazily, on first use
+subprocess (tests/kernels/test_switch.py). Here the kernel files are executed lazily, on first use
 (package import must not touch a Triton driver), once per mode under their own module name,
 with the variable pinned for the duration of that import.
 """

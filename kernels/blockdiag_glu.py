@@ -12,21 +12,17 @@ The bias gradient is a column sum (PyTorch).
 Dropout: the mask is drawn with PyTorch (``bernoulli``) and applied in the kernels' epilogues,
 so it is the same distribution as ``F.dropout`` but not the same random stream.
 
-:func:`reference` is the model's own :func:`m2bert.model.monarch.monarch_glu`.
+The PyTorch reference (what the model runs with ``kernels: torch``, and what the tests compare
+with) is the model's ``m2bert.model.monarch.monarch_glu``; this package depends on torch and
+triton only.
 """
 from __future__ import annotations
 
 import torch
 
 from m2bert.kernels._loader import kernel_module
-from m2bert.model.monarch import monarch_glu
 
 BM, BN, BK = 64, 64, 32
-
-
-def reference(x, w_in, w_out, b_out, dropout: float = 0.0, training: bool = False):
-    """The PyTorch reference: exactly what the model computes with ``kernels: torch``."""
-    return monarch_glu(x, w_in, w_out, b_out, dropout, training)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -122,7 +118,11 @@ class _MonarchGLU(torch.autograd.Function):
 
 
 def monarch_glu_triton(x, w_in, w_out, b_out, dropout: float = 0.0, training: bool = False):
-    """Same contract as :func:`reference`, computed by the fused Triton kernels."""
+    """``wo(GELU(gate)·value) + b_out`` with ``[gate, value] = blockdiag(w_in) x``, by the fused Triton kernels.
+
+    x: (..., H); w_in: (k, 2I/k, H/k) and w_out: (k, H/k, I/k), the blocks of the two
+    block-diagonal matrices; b_out: (H,) or None; dropout on GELU(gate)·value when ``training``.
+    """
     k, q, p = w_in.shape
     k_out, q_out, p_out = w_out.shape
     if k % 2 or q % p_out or (k // 2) * q != k_out * p_out:

@@ -26,9 +26,11 @@ lengths that are not powers of two are padded.
   columns or rows, so the tiles stay small however long the input.
 
 Longer inputs than :data:`MAX_SEQLEN` are not supported by the kernels (the model then uses
-its PyTorch path, see :func:`m2bert.kernels.dispatch.seq_mixer_fits`).
+its PyTorch path, see ``m2bert.model.kernel_switch.seq_mixer_fits``).
 
-:func:`reference` is the model's own composition (``causal_short_conv`` and ``long_conv``).
+The PyTorch reference (what the model runs with ``kernels: torch``, and what the tests compare
+with) is the model's ``m2bert.model.seq_mixer_conv.seq_mixer_conv_reference``; this package
+depends on torch and triton only.
 """
 from __future__ import annotations
 
@@ -39,40 +41,17 @@ from functools import lru_cache
 import torch
 
 from m2bert.kernels._loader import kernel_module
-from m2bert.kernels.dispatch import SEQ_MIXER_MAX_SEQLEN as MAX_SEQLEN
-from m2bert.model.long_conv import long_conv
-from m2bert.model.sequence_mixer import causal_short_conv
 
-
-def reference(proj, u, mask, sc_weight, sc_bias, k_fwd, k_rev, bias, k2_fwd=None, k2_rev=None, bias2=None,
-              impl: str = "fft"):
-    """The PyTorch reference, exactly MonarchSequenceMixer.forward between in_linear and out_linear.
-
-    proj: (B, L, 3H) output of in_linear; u: (B, L, H) layer input (after the optional norm);
-    mask: (B, L, 1) with 0 at padding, or None; sc_weight (3H, 1, 3), sc_bias (3H,): the short
-    conv; k_fwd, k_rev (L, H), bias (H,): the long filter; k2_*, bias2: the residual filter or None.
-    """
-    h = u.shape[-1]
-    if mask is not None:
-        proj = proj * mask
-    proj = causal_short_conv(proj, sc_weight, sc_bias)
-    x1, x2, v = proj.split(h, dim=-1)
-    v = v * x1
-    if mask is not None:
-        v = v * mask
-    y = long_conv(v, k_fwd, k_rev, bias, impl) * x2
-    if k2_fwd is not None:
-        u_in = u * mask if mask is not None else u
-        y = y + long_conv(u_in, k2_fwd, k2_rev, bias2, impl)
-    return y
+# The longest input of the fused kernels; longer inputs take the model's PyTorch path.
+MAX_SEQLEN = 8192
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-# Per-length choices, from what the kernels need when compiled for sm_90 (kernels/aot.py, no GPU
-# needed): whole-sequence tiles spill registers heavily beyond N = 256 (L = 128), the three passes
+# Per-length choices, from what the kernels need when compiled for sm_90 (bench/kernels_aot.py, no
+# GPU needed): whole-sequence tiles spill registers heavily beyond N = 256 (L = 128), the three passes
 # do not; bench/kernels.py times both where both apply, to confirm on a GPU.
 TILE_MAX_N = 256  # the largest convolution size done in whole-sequence tiles by default
 TILE_ELEMENTS = 2048  # N·BH of a tile: 8 warps hold a dozen such fp32 tiles without spilling
@@ -92,7 +71,7 @@ class Plan:
     bk1: int = 0  # passes: k1 rows per program in pass 2
     warps: int = 4  # num_warps of the launches (the interpreter ignores it)
     # num_stages: 1, no software pipelining. The backward kernels loop over batch rows, and the
-    # pipeliner's extra buffers put them over the shared memory of any GPU (kernels/aot.py shows it).
+    # pipeliner's extra buffers put them over the shared memory of any GPU (bench/kernels_aot.py shows it).
     stages: int = 1
 
     @property
@@ -318,7 +297,13 @@ def triton_cdiv(a: int, b: int) -> int:
 
 def seq_mixer_conv_triton(proj, u, mask, sc_weight, sc_bias, k_fwd, k_rev, bias, k2_fwd=None, k2_rev=None,
                           bias2=None, algorithm: str = "auto", warps: int | None = None):
-    """Same contract as :func:`reference`, computed by the fused Triton kernels (``algorithm``: see :func:`plan`)."""
+    """The sequence mixer between in_linear and out_linear, by the fused Triton kernels.
+
+    proj: (B, L, 3H) output of in_linear; u: (B, L, H) layer input (after the optional norm);
+    mask: (B, L, 1) with 0 at padding, or None; sc_weight (3H, 1, 3), sc_bias (3H,): the short
+    conv; k_fwd, k_rev (L, H), bias (H,): the long filter (k_rev None when causal); k2_*, bias2:
+    the residual filter or None. ``algorithm``: see :func:`plan`.
+    """
     seqlen = u.shape[1]
     k_fwd = k_fwd[:seqlen]
     k_rev = k_rev[:seqlen] if k_rev is not None else None

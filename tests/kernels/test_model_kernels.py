@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from m2bert import M2BertConfig, M2BertForMaskedLM
-from m2bert.kernels import dispatch
+from m2bert.model import kernel_switch
+
+pytest.importorskip("triton")
 
 
 def config(kernels: str, **overrides) -> M2BertConfig:
@@ -39,8 +41,8 @@ def test_forward_matches(additions, monkeypatch):
     ids, attention, _ = batch()
     calls = []
     for name in ("seq_mixer_conv", "monarch_glu"):
-        fn = getattr(dispatch, name)
-        monkeypatch.setattr(dispatch, name, lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
+        fn = getattr(kernel_switch, name)
+        monkeypatch.setattr(kernel_switch, name, lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
     with torch.no_grad():
         a = ref.bert(ids, attention).last_hidden_state
         assert not calls  # kernels: torch never reaches the kernels

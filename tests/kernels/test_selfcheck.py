@@ -9,13 +9,16 @@ import pytest
 import torch
 
 from m2bert import M2BertConfig, M2BertModel
-from m2bert.kernels import dispatch, selfcheck
+from m2bert.model import kernel_selfcheck as selfcheck
+from m2bert.model import kernel_switch
+
+pytest.importorskip("triton")
 
 
 @pytest.fixture
 def guarded_cpu(monkeypatch):
-    monkeypatch.setattr(dispatch, "KERNEL_DEVICE_TYPES", ("cuda", "cpu"))
-    monkeypatch.setattr(dispatch, "_verdicts", {})
+    monkeypatch.setattr(kernel_switch, "KERNEL_DEVICE_TYPES", ("cuda", "cpu"))
+    monkeypatch.setattr(kernel_switch, "_verdicts", {})
 
 
 def scaled(fn):
@@ -26,7 +29,7 @@ def broken(*a, **k):
     raise RuntimeError("out of resources: shared memory")
 
 
-@pytest.mark.parametrize("kernel", dispatch.KERNELS)
+@pytest.mark.parametrize("kernel", kernel_switch.KERNELS)
 def test_real_kernels_pass(kernel, monkeypatch):
     # fp32 and the tile plan only: the interpreter takes ~40 s for the passes (tests/kernels test them)
     monkeypatch.setattr(selfcheck, "SEQ_MIXER_LENGTHS", (40,))
@@ -34,9 +37,9 @@ def test_real_kernels_pass(kernel, monkeypatch):
 
 
 def test_wrong_and_failing_kernels_are_caught(monkeypatch):
-    problem = selfcheck.check("monarch_glu", "cpu", dtypes=(torch.float32,), fused=scaled(dispatch.monarch_glu))
+    problem = selfcheck.check("monarch_glu", "cpu", dtypes=(torch.float32,), fused=scaled(kernel_switch.monarch_glu))
     assert problem and "output off by 1.0e-02" in problem
-    monkeypatch.setattr(dispatch, "seq_mixer_conv", broken)
+    monkeypatch.setattr(selfcheck, "seq_mixer_conv_triton", broken)  # the default entry
     assert selfcheck.check("seq_mixer_conv", torch.device("cpu")) == (
         "seq_mixer_conv: RuntimeError: out of resources: shared memory")
 
@@ -51,14 +54,14 @@ def model_outputs(kernels: str) -> torch.Tensor:
 
 
 def test_auto_warns_once_and_falls_back(guarded_cpu, monkeypatch, caplog):
-    monkeypatch.setattr(dispatch, "seq_mixer_conv", scaled(dispatch.seq_mixer_conv))
+    monkeypatch.setattr(kernel_switch, "seq_mixer_conv", scaled(kernel_switch.seq_mixer_conv))
     monkeypatch.setattr(selfcheck, "check", lambda kernel, device, **k: (
         # the GLU kernel passes (fp32 only, to keep the interpreter quick); the wrong one is caught
-        orig_check(kernel, device, dtypes=(torch.float32,))))
+        orig_check(kernel, device, **{**k, "dtypes": (torch.float32,)})))
     calls = []
-    glu = dispatch.monarch_glu
-    monkeypatch.setattr(dispatch, "monarch_glu", lambda *a, **k: calls.append(1) or glu(*a, **k))
-    with caplog.at_level(logging.WARNING, logger="m2bert.kernels.dispatch"):
+    glu = kernel_switch.monarch_glu
+    monkeypatch.setattr(kernel_switch, "monarch_glu", lambda *a, **k: calls.append(1) or glu(*a, **k))
+    with caplog.at_level(logging.WARNING, logger="m2bert.model.kernel_switch"):
         out = model_outputs("auto")
         model_outputs("auto")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -69,9 +72,10 @@ def test_auto_warns_once_and_falls_back(guarded_cpu, monkeypatch, caplog):
 
 
 def test_triton_raises(guarded_cpu, monkeypatch):
-    monkeypatch.setattr(dispatch, "monarch_glu", broken)
-    dispatch._verdicts[("seq_mixer_conv", "cpu")] = None  # passed (as above), to keep the interpreter quick
-    monkeypatch.setattr(selfcheck, "check", lambda kernel, device, **k: orig_check(kernel, device, dtypes=(torch.float32,)))
+    monkeypatch.setattr(kernel_switch, "monarch_glu", broken)
+    kernel_switch._verdicts[("seq_mixer_conv", "cpu")] = None  # passed (as above), to keep the interpreter quick
+    monkeypatch.setattr(selfcheck, "check",
+                        lambda kernel, device, **k: orig_check(kernel, device, **{**k, "dtypes": (torch.float32,)}))
     with pytest.raises(RuntimeError, match=r"kernels: triton, but the fused kernel failed its self-check on cpu "
                                            r"\(monarch_glu: RuntimeError: out of resources"):
         model_outputs("triton")

@@ -2,9 +2,12 @@
 import pytest
 import torch
 
-from m2bert.kernels import dispatch
-from m2bert.kernels.seq_mixer_conv import MAX_SEQLEN, plan, reference, seq_mixer_conv_triton
+from m2bert.kernels.seq_mixer_conv import MAX_SEQLEN, plan, seq_mixer_conv_triton
+from m2bert.model import kernel_switch
+from m2bert.model.seq_mixer_conv import seq_mixer_conv_reference as reference
 from tests.kernels.conftest import BF16_TOL, FP32_TOL, rel_err
+
+pytest.importorskip("triton")
 
 NAMES = ("proj", "u", "mask", "sc_weight", "sc_bias", "k_fwd", "k_rev", "bias", "k2_fwd", "k2_rev", "bias2")
 
@@ -122,7 +125,7 @@ def test_plan():
 
 
 def test_model_falls_back_beyond_the_longest_length(caplog):
-    assert dispatch.seq_mixer_fits(MAX_SEQLEN)
+    assert kernel_switch.seq_mixer_fits(MAX_SEQLEN)
     with caplog.at_level("WARNING"):
-        assert not dispatch.seq_mixer_fits(MAX_SEQLEN + 1)
+        assert not kernel_switch.seq_mixer_fits(MAX_SEQLEN + 1)
     assert "runs in PyTorch" in caplog.text

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from m2bert.config import M2BertConfig
-from m2bert.kernels import dispatch as kernels
+from m2bert.model import kernel_switch
 from m2bert.model.monarch import BlockdiagLinear, monarch_glu
 
 
@@ -36,7 +36,8 @@ class MonarchMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_monarch_glu:
-            glu = kernels.monarch_glu if kernels.use_triton(self.kernels, x.device, "monarch_glu") else monarch_glu
+            use_triton = kernel_switch.use_triton(self.kernels, x.device, "monarch_glu")
+            glu = kernel_switch.monarch_glu if use_triton else monarch_glu
             y = glu(x, self.gated_layers.weight, self.wo.weight, self.wo.bias, self.dropout.p, self.training)
             return self.norm(y + x)
         h = self.gated_layers(x)

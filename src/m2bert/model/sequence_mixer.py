@@ -5,54 +5,9 @@ import torch
 import torch.nn as nn
 
 from m2bert.config import M2BertConfig
-from m2bert.kernels import dispatch as kernels
+from m2bert.model import kernel_switch
 from m2bert.model.implicit_filter import ImplicitFilter
-from m2bert.model.long_conv import apply_long_conv
-
-
-class _CausalShortConv(torch.autograd.Function):
-    """Depthwise causal conv with kernel 3 on (B, L, C), forward and backward by hand.
-
-    Autograd through the in-place shifted updates would materialise full-size zero
-    tensors for every shifted slice; the explicit backward is a handful of passes.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, w)
-        y = torch.addcmul(bias, x, w[:, 2])
-        y[:, 1:].addcmul_(x[:, :-1], w[:, 1])
-        y[:, 2:].addcmul_(x[:, :-2], w[:, 0])
-        return y
-
-    @staticmethod
-    def backward(ctx, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        x, w = ctx.saved_tensors
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = gy * w[:, 2]
-            gx[:, :-1].addcmul_(gy[:, 1:], w[:, 1])
-            gx[:, :-2].addcmul_(gy[:, 2:], w[:, 0])
-        if ctx.needs_input_grad[1]:
-            c = x.shape[-1]
-            gw = torch.stack([
-                (gy[:, 2:] * x[:, :-2]).reshape(-1, c).sum(0),
-                (gy[:, 1:] * x[:, :-1]).reshape(-1, c).sum(0),
-                (gy * x).reshape(-1, c).sum(0),
-            ], dim=-1)
-        if ctx.needs_input_grad[2]:
-            gb = gy.reshape(-1, gy.shape[-1]).sum(0)
-        return gx, gw, gb
-
-
-def causal_short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Depthwise causal conv, kernel 3, on (B, L, C): y[t] = w0·x[t−2] + w1·x[t−1] + w2·x[t] + b.
-
-    Same result as the original's ``Conv1d(padding=2)[..., :L]`` (weight (C, 1, 3)) but in
-    the (B, L, C) layout the rest of the layer uses, so no transposes are needed.
-    """
-    w = weight[:, 0, :]
-    return _CausalShortConv.apply(x, w, bias)
+from m2bert.model.seq_mixer_conv import gated_long_conv
 
 
 class MonarchSequenceMixer(nn.Module):
@@ -90,25 +45,16 @@ class MonarchSequenceMixer(nn.Module):
             u = self.norm(u)
         seqlen = u.shape[1]
         proj = self.in_linear(u)
-        # Fused short conv, gates and long convs (kernels/), up to the kernels' longest length.
-        if kernels.use_triton(self.kernels, proj.device, "seq_mixer_conv") and kernels.seq_mixer_fits(seqlen):
-            k_fwd, k_rev = self.long_conv(seqlen)
-            res = self.residual_long_conv
-            k2_fwd, k2_rev = res(seqlen) if res is not None else (None, None)
-            y = kernels.seq_mixer_conv(proj, u, mask, self.short_conv.weight, self.short_conv.bias, k_fwd, k_rev,
-                                       self.long_conv.bias, k2_fwd, k2_rev, res.bias if res is not None else None)
-            return self.out_linear(y)
-        if mask is not None:
-            proj.mul_(mask)
-        proj = causal_short_conv(proj, self.short_conv.weight, self.short_conv.bias)
-        x1, x2, v = proj.split(self.hidden_size, dim=-1)
-        v = v * x1
-        if mask is not None:
-            v = v.mul_(mask)
-        y = apply_long_conv(v, self.long_conv.spectrum(seqlen, self.impl), self.long_conv.bias, self.impl)
-        if self.residual_long_conv is None:
-            return self.out_linear(y * x2)
         res = self.residual_long_conv
-        u_in = u * mask if mask is not None else u
-        residual = apply_long_conv(u_in, res.spectrum(seqlen, self.impl), res.bias, self.impl)
-        return self.out_linear(torch.addcmul(residual, y, x2))  # residual + y·x2 in one pass
+        # Fused short conv, gates and long convs (kernels/), up to the kernels' longest length.
+        if kernel_switch.use_triton(self.kernels, proj.device, "seq_mixer_conv") and kernel_switch.seq_mixer_fits(seqlen):
+            k_fwd, k_rev = self.long_conv(seqlen)
+            k2_fwd, k2_rev = res(seqlen) if res is not None else (None, None)
+            y = kernel_switch.seq_mixer_conv(proj, u, mask, self.short_conv.weight, self.short_conv.bias, k_fwd, k_rev,
+                                             self.long_conv.bias, k2_fwd, k2_rev, res.bias if res is not None else None)
+            return self.out_linear(y)
+        y = gated_long_conv(proj, u, mask, self.short_conv.weight, self.short_conv.bias,
+                            self.long_conv.spectrum(seqlen, self.impl), self.long_conv.bias,
+                            res.spectrum(seqlen, self.impl) if res is not None else None,
+                            res.bias if res is not None else None, self.impl, inplace=True)
+        return self.out_linear(y)

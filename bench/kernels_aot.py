@@ -12,7 +12,9 @@ is then read with the ``cuobjdump`` that ships with Triton.
         seq_mixer_conv_triton(*cpu_args).sum().backward()
     for launch in launches: print(launch)
 
-Used by ``bench/kernels.py --compile-for`` and by the CI tests (tests/test_kernels.py).
+Used by ``bench/kernels.py --compile-for`` and by the CI tests (tests/kernels/test_compiled.py),
+which load this file by its path (bench/ is not a package). A development tool: it patches the
+kernels' wrappers (``unittest.mock``), so it stays out of the installed package.
 """
 from __future__ import annotations
 

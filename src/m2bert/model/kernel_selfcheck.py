@@ -1,8 +1,8 @@
-"""The fused kernels' self-check: each kernel once against the PyTorch path, on a small input.
+"""The fused kernels' self-check: each kernel once against the model's PyTorch path, on a small input.
 
-The kernels have been compiled for GPUs (kernels/aot.py) and tested under the Triton interpreter,
+The kernels have been compiled for GPUs (bench/kernels_aot.py) and tested under the Triton interpreter,
 but a GPU's compiler or driver can still miscompile or refuse them. So on the first CUDA use in a
-process, :mod:`m2bert.kernels.dispatch` runs :func:`check` for the kernel about to be used:
+process, :mod:`m2bert.model.kernel_switch` runs :func:`check` for the kernel about to be used:
 forward and the gradients of every input, in fp32 (where a wrong result stands out) and bf16
 (the precision GPU training runs in), against the PyTorch reference computed in fp64 on the same
 inputs. Milliseconds on a GPU; the inputs cover both sequence-mixer plans (tiles and passes).
@@ -13,12 +13,20 @@ from typing import Callable
 
 import torch
 
+from m2bert.kernels.blockdiag_glu import monarch_glu_triton
+from m2bert.kernels.seq_mixer_conv import seq_mixer_conv_triton
+from m2bert.model.monarch import monarch_glu
+from m2bert.model.seq_mixer_conv import seq_mixer_conv_reference
+
+KERNELS = ("seq_mixer_conv", "monarch_glu")
+
 # Relative to the output scale (max |reference|), as tests/kernels uses them: the kernels compute in
 # fp32, and bf16 inputs round once on output (eps 7.8e-3); a wrong kernel is off by far more.
 TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 3e-2}
 
 
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a − b| relative to the output scale max |b| (the tests' measure too)."""
     a, b = a.detach().double(), b.detach().double()
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
@@ -46,7 +54,7 @@ def _compare(name: str, fused: Callable, reference: Callable, inputs: list[torch
             continue
         if a.shape != b.shape:
             return f"{name}: {what} has shape {tuple(a.shape)}, expected {tuple(b.shape)}"
-        err = _rel_err(a, b)
+        err = rel_err(a, b)
         if not err <= tol:  # also catches NaN
             return f"{name}: {what} off by {err:.1e} relative (tolerance {tol:g}, {str(dtype).replace('torch.', '')})"
     return None
@@ -83,24 +91,22 @@ def check(kernel: str, device: torch.device | str, dtypes: tuple[torch.dtype, ..
     """Run one fused kernel (``seq_mixer_conv`` or ``monarch_glu``) on ``device`` against PyTorch.
 
     Returns None when it matches, else one line saying what failed (a mismatch or the launch's
-    exception). ``fused`` defaults to the kernel entry of :mod:`m2bert.kernels.dispatch`.
+    exception). ``fused`` defaults to the kernel's entry in :mod:`m2bert.kernels`.
     """
-    from m2bert.kernels import blockdiag_glu, dispatch, seq_mixer_conv
-
-    if kernel not in ("seq_mixer_conv", "monarch_glu"):
+    if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; choose seq_mixer_conv or monarch_glu")
     device = torch.device(device)
     try:
         for dtype in dtypes:
             if kernel == "seq_mixer_conv":
-                fn = fused or dispatch.seq_mixer_conv
+                fn = fused or seq_mixer_conv_triton
                 for seqlen in SEQ_MIXER_LENGTHS:
-                    problem = _compare(f"{kernel} (L={seqlen})", fn, seq_mixer_conv.reference,
+                    problem = _compare(f"{kernel} (L={seqlen})", fn, seq_mixer_conv_reference,
                                        _seq_mixer_inputs(seqlen, device), dtype, constant=(2,))  # the mask
                     if problem:
                         return problem
             else:
-                problem = _compare(kernel, fused or dispatch.monarch_glu, blockdiag_glu.reference,
+                problem = _compare(kernel, fused or monarch_glu_triton, monarch_glu,
                                    _glu_inputs(device), dtype)
                 if problem:
                     return problem

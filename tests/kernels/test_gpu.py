@@ -11,6 +11,7 @@ import torch
 from m2bert import M2BertConfig, M2BertForMaskedLM
 from tests.kernels import conftest as tol
 
+pytest.importorskip("triton")
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
     pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiled kernels only"),
@@ -28,7 +29,8 @@ def to_cuda(args):
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_seq_mixer_conv(batch, seqlen, h, algorithm, dtype):
-    from m2bert.kernels.seq_mixer_conv import reference, seq_mixer_conv_triton
+    from m2bert.kernels.seq_mixer_conv import seq_mixer_conv_triton
+    from m2bert.model.seq_mixer_conv import seq_mixer_conv_reference as reference
     from tests.kernels.test_seq_mixer_conv import NAMES, check, make
 
     args = to_cuda(make(batch, seqlen, h))
@@ -53,7 +55,8 @@ def test_seq_mixer_conv(batch, seqlen, h, algorithm, dtype):
 @pytest.mark.parametrize("shape", [(2, 37, 24, 96, 4), (4, 128, 768, 3072, 4)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_monarch_glu(shape, dtype):
-    from m2bert.kernels.blockdiag_glu import monarch_glu_triton, reference
+    from m2bert.kernels.blockdiag_glu import monarch_glu_triton
+    from m2bert.model.monarch import monarch_glu as reference
     from tests.kernels.test_blockdiag_glu import make
 
     inputs = to_cuda(make(*shape))

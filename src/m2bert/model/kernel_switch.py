@@ -1,4 +1,4 @@
-"""The model's switch between the PyTorch layers and the fused Triton kernels.
+"""The model's switch between its PyTorch layers and the fused Triton kernels (``m2bert.kernels``).
 
 ``config.kernels``: ``torch`` always uses PyTorch; ``auto`` uses Triton on CUDA tensors and
 PyTorch elsewhere; ``triton`` always uses Triton, which on a machine without a GPU is only
@@ -6,7 +6,7 @@ possible with the Triton interpreter (``TRITON_INTERPRET=1``, slow: for tests) a
 raises a clear error. Nothing here imports Triton; the kernels are loaded on first use.
 
 Safety net: the first time a layer would run a fused kernel on a GPU in a process, that kernel is
-checked once against the PyTorch path (:mod:`m2bert.kernels.selfcheck`, milliseconds). With
+checked once against the PyTorch path (:mod:`m2bert.model.kernel_selfcheck`, milliseconds). With
 ``auto`` a failure logs one warning and the layer uses PyTorch for the rest of the run; with
 ``triton`` it raises. Nothing is checked (nor costs anything) where the kernels do not run.
 """
@@ -17,17 +17,17 @@ import logging
 
 import torch
 
+from m2bert.config import KERNEL_CHOICES
 from m2bert.kernels._loader import NEEDS_GPU, interpreting
-
-CHOICES = ("auto", "triton", "torch")
-# The longest input of the fused sequence-mixer kernels (seq_mixer_conv.py sizes its plans from it;
-# it lives here so that this module imports nothing heavy); longer inputs take the PyTorch path.
-SEQ_MIXER_MAX_SEQLEN = 8192
+from m2bert.kernels.blockdiag_glu import monarch_glu_triton
+from m2bert.kernels.seq_mixer_conv import MAX_SEQLEN as SEQ_MIXER_MAX_SEQLEN
+from m2bert.kernels.seq_mixer_conv import seq_mixer_conv_triton
+from m2bert.model import kernel_selfcheck
 
 # The device types whose tensors ``auto`` sends to the kernels and whose first use runs the self-check
 # (tests add "cpu" under the Triton interpreter to exercise both outcomes without a GPU).
 KERNEL_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
-KERNELS = ("seq_mixer_conv", "monarch_glu")
+KERNELS = kernel_selfcheck.KERNELS
 
 log = logging.getLogger(__name__)
 _warned: set[int] = set()
@@ -59,7 +59,7 @@ def use_triton(config_kernels: str, device: torch.device | str, kernel: str | No
         if kernel is not None and device.type in KERNEL_DEVICE_TYPES:
             kernel_ok(kernel, device, strict=True)
         return True
-    raise ValueError(f"kernels={config_kernels!r}; choose one of {CHOICES}")
+    raise ValueError(f"kernels={config_kernels!r}; choose one of {KERNEL_CHOICES}")
 
 
 @torch.compiler.disable
@@ -70,10 +70,9 @@ def kernel_ok(kernel: str, device: torch.device, strict: bool) -> bool:
     """
     key = (kernel, str(device))
     if key not in _verdicts:
-        from m2bert.kernels.selfcheck import check
-
+        fused = seq_mixer_conv if kernel == "seq_mixer_conv" else monarch_glu  # what the layers will call
         with torch.enable_grad():  # the check differentiates, even when the model runs in inference
-            _verdicts[key] = problem = check(kernel, device)
+            _verdicts[key] = problem = kernel_selfcheck.check(kernel, device, fused=fused)
         if problem is None:
             log.info("fused kernel %s passed its self-check on %s", kernel, device)
         elif not strict:
@@ -100,13 +99,9 @@ def seq_mixer_fits(seqlen: int) -> bool:
 
 def seq_mixer_conv(proj, u, mask, sc_weight, sc_bias, k_fwd, k_rev, bias, k2_fwd=None, k2_rev=None, bias2=None):
     """Fused sequence-mixer convolution (see :mod:`m2bert.kernels.seq_mixer_conv`)."""
-    from m2bert.kernels.seq_mixer_conv import seq_mixer_conv_triton
-
     return seq_mixer_conv_triton(proj, u, mask, sc_weight, sc_bias, k_fwd, k_rev, bias, k2_fwd, k2_rev, bias2)
 
 
 def monarch_glu(x, w_in, w_out, b_out, dropout: float = 0.0, training: bool = False):
     """Fused block-diagonal GLU MLP (see :mod:`m2bert.kernels.blockdiag_glu`)."""
-    from m2bert.kernels.blockdiag_glu import monarch_glu_triton
-
     return monarch_glu_triton(x, w_in, w_out, b_out, dropout, training)
