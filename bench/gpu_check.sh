@@ -4,7 +4,9 @@
 #   2. bench/kernels.py: each kernel vs PyTorch eager and torch.compile, bf16, B=32, H=768,
 #   3. bench/throughput.py --device cuda --compile best, per length (128/512/2048/8192): M2 eager,
 #      compiled (kernels torch + inductor), fused (kernels triton) and fused+compiled, BERT (SDPA) eager
-#      and compiled. Time limits: 120 + 100 + 8 × 30 s = 7.7 min at most.
+#      and compiled,
+#   4. parallel=fsdp vs parallel=ddp through Composer's launcher (2+ GPUs only).
+#   Time limits: 120 + 100 + 8 × 30 (+ 240 with 2+ GPUs) s = 7.7 (11.7) min at most.
 # Every result lands in ${OUT:-bench/results/gpu}. Fetches nothing: it runs in the project's venv, or,
 # where there is none (a bare GPU machine whose python3 has torch, triton and transformers), on
 # this checkout laid out as the installed package in /tmp/m2bert-site.
@@ -52,5 +54,15 @@ for L in $LENGTHS; do
   step "compile_triton_$L" 30 "$PY" bench/throughput.py --device cuda --kernels triton --compile best --lengths "$L" \
     --warmup 2 --repeats 5 --json "$OUT/compile_triton_$L.json"
 done
+# 4. parallel=fsdp (Composer's FSDP) vs parallel=ddp, one process per visible GPU, 2 batches of m2-bert-tiny on
+#    the offline sample: the same eval loss and exported weights (bench/fsdp_vs_ddp.py). With one GPU FSDP
+#    shards nothing (one rank holds every weight), so the check is skipped and says so.
+NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+if [ "$NGPU" -ge 2 ]; then
+  step fsdp_vs_ddp 240 "$PY" bench/fsdp_vs_ddp.py --nproc "$NGPU" --batches 2 --out "$OUT/fsdp_vs_ddp"
+else
+  echo "fsdp_vs_ddp: skipped, $NGPU GPU visible (FSDP over one rank shards nothing; CPU FSDP2 runs in tests/test_pretrain.py)" \
+    | tee -a "$OUT/summary.txt"
+fi
 tail -n 3 "$OUT/gpu_tests.log" | tee -a "$OUT/summary.txt"
 exit $status

@@ -146,3 +146,22 @@ def test_trust_checkpoint_skips_the_check_with_a_warning(ours, tmp_path, caplog)
     with caplog.at_level("WARNING"):
         check_checkpoint(evil, trust=True)
     assert "without checks" in caplog.text and not marker.exists()  # skipped, not loaded
+
+
+def test_checkpoint_of_the_earlier_wrapper_loads(ours, sample_mds, tmp_path):
+    """Checkpoints written before the wrapper had one child also hold encoder.* / head.* copies of
+    model.bert.* / model.mlm_head.*: load_path still loads them (strictly) and training continues."""
+    from m2bert.pretrain import run
+
+    ckpt = load_checkpoint_safely(ours["ckpt"])
+    model_state = ckpt["state"]["model"]
+    assert all(k.startswith("model.") for k in model_state)  # ours: the model's keys only
+    for key, value in list(model_state.items()):
+        for prefix, alias in (("model.bert.", "encoder."), ("model.mlm_head.", "head.")):
+            if key.startswith(prefix):
+                model_state[alias + key[len(prefix):]] = value.clone()
+    legacy = tmp_path / "legacy.pt"
+    torch.save(ckpt, legacy)
+    summary = run(compose_pretrain(_overrides(sample_mds, tmp_path, "legacy") + [f"load_path={legacy}", "max_duration=3ba",
+                                                                         "export_hf=false"]))
+    assert summary["batches"] == 3

@@ -61,6 +61,51 @@ def test_mlm_loss_only_on_masked_positions():
     torch.testing.assert_close(out.loss, ref)
     torch.testing.assert_close(out.logits, full[sel])
     assert out.masked_positions.tolist() == sel.nonzero().squeeze(-1).tolist()
+    assert out.masked_labels.tolist() == [11, 12, 13]  # the targets of those positions, for a trainer's metrics
+
+
+def bert_tiny(**overrides):
+    from transformers import BertConfig
+
+    from m2bert.model.bert_baseline import BertBaselineForMaskedLM
+
+    return BertBaselineForMaskedLM(BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                              intermediate_size=64, hidden_dropout_prob=0.0, **overrides)).eval()
+
+
+def test_bert_baseline_decodes_only_masked_positions_with_transformers_loss():
+    """The baseline's training forward is M2's contract; its loss and logits are transformers' own."""
+    from transformers import BertForMaskedLM
+
+    model = bert_tiny()
+    ids = torch.randint(5, 128, (2, 16))
+    labels = torch.full_like(ids, -100)
+    labels[0, 3], labels[1, 7], labels[1, 8] = 11, 12, 13
+    sel = labels.reshape(-1) != -100
+    out = model(ids, labels=labels)
+    hf = BertForMaskedLM.forward(model, ids, labels=labels)  # transformers' forward: every position decoded
+    assert out.logits.shape == (3, 128) and hf.logits.shape == (2, 16, 128)
+    torch.testing.assert_close(out.loss, hf.loss)
+    torch.testing.assert_close(out.logits, hf.logits.reshape(-1, 128)[sel])
+    assert out.masked_positions.tolist() == sel.nonzero().squeeze(-1).tolist() and out.masked_labels.tolist() == [11, 12, 13]
+    assert model(ids).logits.shape == (2, 16, 128)  # without labels: transformers' model unchanged
+    none = model(ids, labels=torch.full_like(ids, -100))
+    assert none.loss.item() == 0.0 and none.logits.shape == (0, 128)  # transformers: NaN
+    assert torch.isnan(BertForMaskedLM.forward(model, ids, labels=torch.full_like(ids, -100)).loss)
+
+
+def test_bert_baseline_exports_as_transformers_bert(tmp_path):
+    import json
+
+    from transformers import BertForMaskedLM
+
+    model = bert_tiny()
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
+    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path)
+    assert type(loaded) is BertForMaskedLM
+    for name, p in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], p, rtol=0, atol=0, msg=name)
 
 
 def test_decoder_is_tied_to_word_embeddings():

@@ -138,3 +138,36 @@ def test_autoresume_continues_exactly(sample_mds, tmp_path):
     wb = load_file(tmp_path / "resumed" / "hf" / "model.safetensors")
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_fsdp_matches_ddp(sample_mds, tmp_path, monkeypatch):
+    """parallel=fsdp and parallel=ddp, 2 gloo processes, the same 3 steps: the same eval loss and export.
+
+    Composer's FSDP (version 1, the default) pins every rank to a CUDA device, so on CPU this runs Composer's
+    FSDP2 (FSDP_VERSION=2), which shards through the same policy (each direct child of the ComposerModel);
+    bench/gpu_check.sh runs FSDP 1 against DDP on GPUs. Stated tolerance: the two differ only in how the
+    gradient is reduced (all-reduce vs reduce-scatter, fp32), so losses agree to 1e-4.
+    """
+    common = ["max_duration=3ba", "eval_interval=3ba", "eval_subset_num_batches=1", "+model.overrides.hidden_dropout_prob=0.0",
+              "export_hf=true"]
+    _finish(_cli(tiny_pretrain_overrides(sample_mds, tmp_path, "ddp") + common, nproc=2))
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    _finish(_cli(tiny_pretrain_overrides(sample_mds, tmp_path, "fsdp") + common + ["parallel=fsdp"], nproc=2))
+    ddp = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    fsdp = json.loads((tmp_path / "fsdp" / "summary.json").read_text())
+    assert ddp["batches"] == fsdp["batches"] == 3
+    assert abs(ddp["eval"][-1]["loss"] - fsdp["eval"][-1]["loss"]) < 1e-4, (ddp["eval"], fsdp["eval"])
+    wd = load_file(tmp_path / "ddp" / "hf" / "model.safetensors")
+    wf = load_file(tmp_path / "fsdp" / "hf" / "model.safetensors")
+    assert sorted(wd) == sorted(wf)  # the gathered export is the usual one: full tensors, tied decoder not repeated
+    for name in wd:
+        torch.testing.assert_close(wf[name], wd[name], rtol=0, atol=1e-4, msg=name)
+
+
+def test_fsdp_on_cpu_without_fsdp2_is_a_one_line_error(sample_mds, tmp_path, monkeypatch):
+    monkeypatch.delenv("FSDP_VERSION", raising=False)
+    cfg = compose_pretrain(tiny_pretrain_overrides(sample_mds, tmp_path, "f") + ["parallel=fsdp", "device=cpu"])
+    with pytest.raises(ValueError, match="parallel=fsdp on CPU.*parallel=ddp.*FSDP_VERSION=2"):
+        run(cfg)
+    assert not (tmp_path / "f").exists()

@@ -58,6 +58,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from m2bert.train.torch_compile import CompileTimer, composer_compile_config
 
     device, precision = builders.resolve_device_and_precision(cfg.device, cfg.precision)
+    if cfg.parallel.name == "fsdp" and device == "cpu" and os.environ.get("FSDP_VERSION", "1") != "2":
+        raise ConfigError("parallel=fsdp on CPU: Composer's FSDP pins every rank to a CUDA device; use parallel=ddp, "
+                          "or set FSDP_VERSION=2 (Composer's experimental FSDP2, which runs on CPU)")
     run_name = runs.agree_on_run_name(cfg.run_name, device)
     run_dir = os.path.join(cfg.run_root, run_name)
     save_folder = cfg.save_folder or os.path.join(run_dir, "checkpoints")
@@ -79,6 +82,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model = builders.build_mlm_model(cfg.model, cfg.impl, len(tokenizer), cfg.data.max_seq_len)
     log.info("model: %s (%s), %.1fM parameters", cfg.model.preset, type(model).__name__,
              sum(p.numel() for p in model.parameters()) / 1e6)
+    fsdp = cfg.parallel.name == "fsdp"
+    tied = builders.tied_parameter_names(model) if fsdp else []
 
     def loader(split: str, mlm_probability: float, batch_size: int, shuffle: bool) -> Any:
         # Training drops the last partial batch (constant batch size) and re-masks every epoch; evaluation sees
@@ -134,10 +139,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "batches": int(trainer.state.timestamp.batch),
         "eval": history.records,
     }
+    # Under FSDP every rank holds a shard: all of them gather the weights, rank 0 writes them.
+    full_state = builders.gather_full_state_dict(trainer.state.model, tied) if fsdp and cfg.export_hf else None
     if dist.get_global_rank() == 0:
         if cfg.export_hf:
             summary["hf_export"] = builders.atomic_save_pretrained(model, tokenizer, os.path.join(run_dir, "hf"),
-                                                                   card=pretrain_card(cfg, summary))
+                                                                   card=pretrain_card(cfg, summary), state_dict=full_state)
             log.info("Hugging Face export: %s", summary["hf_export"])
         atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
     trainer.close()

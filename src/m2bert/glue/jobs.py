@@ -125,8 +125,8 @@ def predict(composer_model: Any, dataset: Any, batch_size: int, device: torch.de
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn):
         batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = composer_model(batch)
-        preds.append(composer_model.predictions(logits.float()).cpu())
+            outputs = composer_model(batch)
+        preds.append(composer_model.predictions(outputs).cpu())
         labels.append(batch["labels"].cpu())
     return torch.cat(preds).numpy(), np.asarray(torch.cat(labels).numpy())
 

@@ -5,19 +5,16 @@ The classes are Hugging Face ``PreTrainedModel`` subclasses, so ``save_pretraine
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
-from transformers.utils import ModelOutput
 
 from m2bert.config import M2BertConfig
 from m2bert.model.dimension_mixer import MonarchMLP
 from m2bert.model.embeddings import M2BertEmbeddings
-from m2bert.model.heads import ClassificationHead, MLMHead
+from m2bert.model.heads import ClassificationHead, M2MaskedLMOutput, MLMHead, decode_masked
 from m2bert.model.inputs import check_shapes, check_values, should_check_values
 from m2bert.model.monarch import BlockdiagLinear
 from m2bert.model.sequence_mixer import MonarchSequenceMixer
@@ -104,29 +101,10 @@ class M2BertModel(M2BertPreTrainedModel):
         return BaseModelOutput(last_hidden_state=hidden, hidden_states=hidden_states)
 
 
-def masked_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the masked tokens; 0.0 (still in the graph, zero gradients) when a batch
-    has none. transformers returns NaN there (a mean over nothing), which turns the logged loss, and a
-    gradient-clipping norm, into NaN; a batch without a masked token simply has nothing to learn. The
-    count is known on the host already (``nonzero`` chose the positions), so this adds no sync."""
-    if targets.numel() == 0:
-        return logits.float().sum()
-    return F.cross_entropy(logits.float(), targets)
-
-
-@dataclass
-class M2MaskedLMOutput(ModelOutput):
-    """``logits`` is (B, L, V) without labels. With labels, the decoder runs only on the
-    masked positions (labels != -100), as in the original: ``logits`` is then (n_masked, V)
-    and ``masked_positions`` holds their flat indices into B·L."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    masked_positions: torch.Tensor | None = None
-
-
 class M2BertForMaskedLM(M2BertPreTrainedModel):
+    """The MLM. Given ``labels``, it decodes only the masked positions and returns their loss, logits and
+    targets (``M2MaskedLMOutput``): the Composer wrapper and any other trainer need nothing else."""
+
     # A dict (transformers 5 needs target → source; 4.x iterates the keys): the decoder is the word embeddings.
     _tied_weights_keys = {"mlm_head.decoder.weight": "bert.embeddings.word_embeddings.weight"}
 
@@ -155,21 +133,15 @@ class M2BertForMaskedLM(M2BertPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         check_shapes(input_ids, attention_mask, token_type_ids, labels)
         out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states, return_dict=True)
-        hidden = out.last_hidden_state
-        loss = positions = None
+        loss = positions = targets = None
         if labels is None:
-            logits = self.mlm_head(hidden)
+            logits = self.mlm_head(out.last_hidden_state)
         else:
-            flat_labels = labels.reshape(-1)
-            positions = (flat_labels != -100).nonzero().squeeze(-1)
-            if torch.compiler.is_compiling():
-                # The count is data-dependent; softmax's decomposition needs to know it is not 0.
-                torch._check(positions.shape[0] > 0)
-            logits = self.mlm_head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions))
-            loss = masked_lm_loss(logits, flat_labels.index_select(0, positions))
+            loss, logits, positions, targets = decode_masked(self.mlm_head, out.last_hidden_state, labels)
         if not return_dict:
             return tuple(v for v in (loss, logits, out.hidden_states) if v is not None)
-        return M2MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, masked_positions=positions)
+        return M2MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, masked_positions=positions,
+                                masked_labels=targets)
 
     @classmethod
     def from_original_checkpoint(cls, path: str, config: M2BertConfig | dict) -> "M2BertForMaskedLM":
@@ -180,7 +152,11 @@ class M2BertForMaskedLM(M2BertPreTrainedModel):
 
 
 class M2BertForSequenceClassification(M2BertPreTrainedModel):
-    """Classification (or regression when ``num_labels == 1``, e.g. STS-B) on the pooled output."""
+    """Classification (or regression when ``num_labels == 1``, e.g. STS-B) on the pooled output.
+
+    With ``labels`` the loss is transformers' convention for ``BertForSequenceClassification``: cross-entropy
+    over integer class ids, or MSE against float scores when ``num_labels == 1``; always float32 (as
+    autocast computes both), so bf16 logits do not round the loss."""
 
     def __init__(self, config: M2BertConfig) -> None:
         super().__init__(config)

@@ -36,7 +36,8 @@ def vocab_size_for(tokenizer_len: int, overrides: dict[str, Any]) -> int:
 
 
 def build_mlm_model(model_cfg: DictConfig, impl_cfg: DictConfig, tokenizer_len: int, max_seq_len: int) -> nn.Module:
-    """An M2BertForMaskedLM or, for the baseline, transformers' BertForMaskedLM (SDPA attention)."""
+    """An M2BertForMaskedLM or, for the baseline, transformers' BertForMaskedLM (SDPA attention) with the same
+    training contract (``BertBaselineForMaskedLM``: given labels, both decode only the masked positions)."""
     overrides = dict(OmegaConf.to_container(model_cfg.overrides, resolve=True) or {})
     vocab = vocab_size_for(tokenizer_len, overrides)
     overrides["vocab_size"] = vocab
@@ -55,7 +56,9 @@ def build_mlm_model(model_cfg: DictConfig, impl_cfg: DictConfig, tokenizer_len: 
             raise ConfigError(f"data.max_seq_len={max_seq_len} exceeds the model's long_conv_l_max={config.long_conv_l_max}")
         return M2BertForMaskedLM(config)
     if model_cfg.family == "bert":
-        from transformers import BertConfig, BertForMaskedLM
+        from transformers import BertConfig
+
+        from m2bert.model.bert_baseline import BertBaselineForMaskedLM
 
         if model_cfg.preset not in BERT_PRESETS:
             raise ConfigError(f"model.preset={model_cfg.preset!r}; choose one of {sorted(BERT_PRESETS)}")
@@ -65,7 +68,7 @@ def build_mlm_model(model_cfg: DictConfig, impl_cfg: DictConfig, tokenizer_len: 
             raise ConfigError(f"model.overrides has unknown BertConfig field(s) {sorted(unknown)}")
         fields = {**BERT_PRESETS[model_cfg.preset], **overrides}
         fields.setdefault("max_position_embeddings", max(512, max_seq_len))
-        return BertForMaskedLM(BertConfig(**fields, attn_implementation="sdpa"))
+        return BertBaselineForMaskedLM(BertConfig(**fields, attn_implementation="sdpa"))
     raise ConfigError(f"model.family={model_cfg.family!r}; choose m2 or bert")
 
 
@@ -141,11 +144,36 @@ def duration_in_batches(max_duration: str, global_batch_size: int) -> str:
     return str(max_duration)
 
 
-def atomic_save_pretrained(model: nn.Module, tokenizer: Any, out_dir: str, card: str | None = None) -> str:
+def tied_parameter_names(model: nn.Module) -> list[list[str]]:
+    """Groups of parameter names that are one tensor (the decoder tied to the word embeddings), read before
+    FSDP wraps the model: a gathered state dict holds them as copies, which the export must tie again."""
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def gather_full_state_dict(composer_model: nn.Module, tied: list[list[str]]) -> dict[str, torch.Tensor]:
+    """The wrapped model's full weights on rank 0 (empty elsewhere), under its own names. FSDP shards the
+    weights, so ``save_pretrained`` on one rank would fail (FSDP2's DTensors) or write a shard: every rank
+    must call this, as it gathers the shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(composer_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = {k[len("model."):]: v for k, v in full.items() if k.startswith("model.")}
+    for names in tied:
+        if names[0] in state:
+            state.update({name: state[names[0]] for name in names[1:]})
+    return state
+
+
+def atomic_save_pretrained(model: nn.Module, tokenizer: Any, out_dir: str, card: str | None = None,
+                           state_dict: dict[str, torch.Tensor] | None = None) -> str:
     """save_pretrained (config + safetensors + tokenizer, and ``card`` as README.md: see
-    ``m2bert.train.model_card``), never leaving a half-written export."""
+    ``m2bert.train.model_card``), never leaving a half-written export. ``state_dict``: the weights to
+    write instead of the model's own (``gather_full_state_dict`` under FSDP)."""
     with atomic_directory(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if card is not None:

@@ -1,112 +1,104 @@
-"""Composer wrappers: MLM pretraining (M2 or the BERT baseline) and sequence classification."""
+"""The Composer wrapper: the models compute their own loss; the wrapper adds metrics and the FLOPs estimate.
+
+Its only child module is the model, because Composer's FSDP wraps every direct child of a ComposerModel
+(``composer.distributed.dist_strategy.prepare_fsdp_module``): a second path to the same parameters (an
+``encoder`` alias of ``model.bert``, say) would wrap them twice. Checkpoints therefore hold ``model.*``
+keys only; the ``encoder.*`` / ``head.*`` aliases that earlier versions also wrote are dropped on load.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from composer.metrics.nlp import LanguageCrossEntropy, MaskedAccuracy
 from composer.models import ComposerModel
-from torchmetrics import Metric
+from torchmetrics import MeanSquaredError, Metric
+from torchmetrics.classification import MulticlassAccuracy
+from transformers.utils import ModelOutput
 
-from m2bert.model.modeling import masked_lm_loss
-
-
-def encoder_and_mlm_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The encoder and the MLM head of an M2BertForMaskedLM or a transformers BertForMaskedLM."""
-    head = getattr(model, "mlm_head", None) or getattr(model, "cls", None)
-    if head is None:
-        raise TypeError(f"{type(model).__name__} has no MLM head (mlm_head or cls)")
-    return model.bert, head
+# The batch keys a model's forward takes (GLUE batches also carry ``idx``).
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+# Aliases of submodules of ``model`` that checkpoints of earlier versions hold beside ``model.*``.
+LEGACY_ALIASES = ("encoder.", "head.")
 
 
-class ComposerMLM(ComposerModel):
-    """Masked language modelling; the decoder runs only on the masked positions.
-
-    Most of the MLM head's cost (a vocab-sized matmul per token) disappears: with 30%
-    masking, 70% of the decoder's work is skipped, as in the original.
-    """
+class ComposerTaskModel(ComposerModel):
+    """A Hugging Face model (M2 or BERT) as a ComposerModel: ``forward`` is the model's, with ``labels``, so
+    the model returns its loss; subclasses only name their metrics and what the metrics compare."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.encoder, self.head = encoder_and_mlm_head(model)
-        self.train_metrics = {"LanguageCrossEntropy": LanguageCrossEntropy(), "MaskedAccuracy": MaskedAccuracy()}
-        self.eval_metrics = {"LanguageCrossEntropy": LanguageCrossEntropy(), "MaskedAccuracy": MaskedAccuracy()}
+        self.train_metrics = self.new_metrics()
+        self.eval_metrics = self.new_metrics()
         n_params = sum(p.numel() for p in model.parameters())
         # Speed monitor's MFU: 6·N FLOPs per token (fwd+bwd), the usual dense estimate.
         self.flops_per_batch = lambda batch: 6 * n_params * batch["input_ids"].numel()
+        self._register_load_state_dict_pre_hook(_drop_legacy_aliases)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        hidden = self.encoder(
-            batch["input_ids"], attention_mask=batch.get("attention_mask"), token_type_ids=batch.get("token_type_ids")
-        )[0]
-        labels = batch["labels"].reshape(-1)
-        positions = (labels != -100).nonzero().squeeze(-1)
-        logits = self.head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions))
-        return {"logits": logits, "targets": labels.index_select(0, positions)}
+    def new_metrics(self) -> dict[str, Metric]:
+        raise NotImplementedError
 
-    def loss(self, outputs: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
-        return masked_lm_loss(outputs["logits"], outputs["targets"])  # 0.0, not NaN, without masked tokens
+    def metric_inputs(self, outputs: ModelOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predictions, targets) for the torchmetrics of ``new_metrics``."""
+        raise NotImplementedError
 
-    def eval_forward(self, batch: Any, outputs: Any | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        return self.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, return_dict=True)
+
+    def loss(self, outputs: ModelOutput, batch: Any) -> torch.Tensor:
+        return outputs["loss"]
+
+    def eval_forward(self, batch: Any, outputs: Any | None = None) -> ModelOutput:
         return outputs if outputs is not None else self.forward(batch)
 
     def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
         return self.train_metrics if is_train else self.eval_metrics
 
-    def update_metric(self, batch: Any, outputs: dict[str, torch.Tensor], metric: Metric) -> None:
-        metric.update(outputs["logits"].float(), outputs["targets"])
+    def update_metric(self, batch: Any, outputs: ModelOutput, metric: Metric) -> None:
+        metric.update(*self.metric_inputs(outputs, batch))
 
 
-class ComposerClassifier(ComposerModel):
-    """Sequence classification (cross-entropy) or regression (MSE, ``num_labels == 1``) for GLUE.
+class ComposerMLM(ComposerTaskModel):
+    """Masked language modelling (M2BertForMaskedLM or BertBaselineForMaskedLM): the model decodes only the
+    masked positions and returns their logits and targets, which the metrics compare."""
 
-    Wraps an M2BertForSequenceClassification (or any HF model returning ``.logits``). Training
+    def new_metrics(self) -> dict[str, Metric]:
+        return {"LanguageCrossEntropy": LanguageCrossEntropy(), "MaskedAccuracy": MaskedAccuracy()}
+
+    def metric_inputs(self, outputs: ModelOutput, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return outputs["logits"].float(), outputs["masked_labels"]
+
+
+class ComposerClassifier(ComposerTaskModel):
+    """Sequence classification or regression (``num_labels == 1``) for GLUE: M2BertForSequenceClassification
+    or transformers' BertForSequenceClassification, whose losses follow the same convention. Training
     metrics are cheap running ones; the GLUE metrics are computed over the full dev sets from
-    ``predictions`` by the fine-tuning driver, exactly as GLUE defines them.
-    """
+    ``predictions`` by the fine-tuning driver, exactly as GLUE defines them."""
 
     def __init__(self, model: nn.Module, num_labels: int) -> None:
-        super().__init__()
-        from torchmetrics import MeanSquaredError
-        from torchmetrics.classification import MulticlassAccuracy
-
-        self.model = model
         self.num_labels = num_labels
         self.is_regression = num_labels == 1
+        super().__init__(model)
 
-        def fresh() -> dict[str, Metric]:
-            if self.is_regression:
-                return {"MeanSquaredError": MeanSquaredError()}
-            return {"MulticlassAccuracy": MulticlassAccuracy(num_classes=num_labels, average="micro")}
-
-        self.train_metrics = fresh()
-        self.eval_metrics = fresh()
-        n_params = sum(p.numel() for p in model.parameters())
-        self.flops_per_batch = lambda batch: 6 * n_params * batch["input_ids"].numel()
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model(
-            batch["input_ids"], attention_mask=batch.get("attention_mask"), token_type_ids=batch.get("token_type_ids")
-        ).logits
-
-    def loss(self, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
+    def new_metrics(self) -> dict[str, Metric]:
         if self.is_regression:
-            return F.mse_loss(outputs.squeeze(-1).float(), batch["labels"].float())
-        return F.cross_entropy(outputs.float(), batch["labels"].long())
+            return {"MeanSquaredError": MeanSquaredError()}
+        return {"MulticlassAccuracy": MulticlassAccuracy(num_classes=self.num_labels, average="micro")}
 
-    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
-        """Class ids, or the regression score."""
+    def predictions(self, outputs: ModelOutput | torch.Tensor) -> torch.Tensor:
+        """Class ids, or the regression score, from the model's output (or its logits)."""
+        logits = outputs["logits"] if isinstance(outputs, ModelOutput) else outputs
         return logits.squeeze(-1).float() if self.is_regression else logits.argmax(dim=-1)
 
-    def eval_forward(self, batch: Any, outputs: Any | None = None) -> torch.Tensor:
-        return outputs if outputs is not None else self.forward(batch)
-
-    def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
-        return self.train_metrics if is_train else self.eval_metrics
-
-    def update_metric(self, batch: Any, outputs: torch.Tensor, metric: Metric) -> None:
+    def metric_inputs(self, outputs: ModelOutput, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         labels = batch["labels"]
-        metric.update(self.predictions(outputs), labels.float() if self.is_regression else labels.long())
+        return self.predictions(outputs), labels.float() if self.is_regression else labels.long()
+
+
+def _drop_legacy_aliases(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Earlier wrappers also registered ``encoder`` (= ``model.bert``) and ``head`` (= the task head) as
+    children, so their checkpoints hold every such weight twice; the ``model.*`` copy is the one kept."""
+    for key in [k for k in state_dict if k.startswith(tuple(prefix + a for a in LEGACY_ALIASES))]:
+        del state_dict[key]
