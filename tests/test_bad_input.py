@@ -300,7 +300,7 @@ def _sample_folder(root: Path, ss_dev_labels: list[str], pair_dev_labels: list[s
 
 @pytest.mark.parametrize("bad", ["nan", "inf", "42", "-0.5"])
 def test_stsb_scores_must_be_finite_and_in_range(tmp_path, bad):
-    from m2bert.data.glue import load_glue_task
+    from m2bert.data.glue_tasks import load_glue_task
 
     root = _stsb_folder(tmp_path, ["1.0", bad, "3.0"])
     with pytest.raises(ValueError, match=rf"STS-B/dev.tsv line 3: label '{bad}' is out of range for stsb; "
@@ -310,7 +310,7 @@ def test_stsb_scores_must_be_finite_and_in_range(tmp_path, bad):
 
 @pytest.mark.parametrize("bad", ["-1", "2", "x"])
 def test_class_labels_must_be_in_range(tmp_path, bad):
-    from m2bert.data.glue import load_glue_task
+    from m2bert.data.glue_tasks import load_glue_task
 
     root = _sample_folder(tmp_path, ["0", "1", bad], ["0", "1"])
     with pytest.raises(ValueError, match=rf"SAMPLE-SS/dev.tsv line 4: .*label '{bad}'.*integers in \[0, 1\]"):
@@ -319,7 +319,7 @@ def test_class_labels_must_be_in_range(tmp_path, bad):
 
 def test_every_task_is_checked_before_the_first_job(tmp_path):
     """A bad row in the second task's dev file stops the run at start-up, not after the first task trained."""
-    from m2bert.glue.driver import check_data
+    from m2bert.glue.checks import check_data
     from m2bert.options import ConfigError
 
     root = _sample_folder(tmp_path, ["0", "1"], ["1", "0", "7"])

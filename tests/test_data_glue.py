@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from m2bert.data.glue import GLUE_TASKS, get_task, load_glue_task, metric_fns, tokenize_glue
+from m2bert.data.glue_tasks import GLUE_TASKS, get_task, load_glue_task, metric_fns, tokenize_glue
 from tests.conftest import shared_path
 
 

@@ -48,7 +48,7 @@ def test_corpus_layout_and_size(sample: Path) -> None:
 
 
 def test_glue_tasks_load_and_are_balanced(sample: Path) -> None:
-    from m2bert.data.glue import load_glue_task
+    from m2bert.data.glue_tasks import load_glue_task
 
     for task in ("sample-ss", "SAMPLE-PAIR"):
         for split in ("train", "validation"):

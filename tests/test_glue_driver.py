@@ -116,3 +116,28 @@ def test_original_checkpoint_end_to_end(sample_mds, tmp_path):
     (job,) = res["jobs"]
     assert job["start"]["kind"] == "original" and job["eval_rows"] == {"validation": 64}
     assert set(job["metrics"]["validation"]) == {"matthews_correlation", "accuracy"}
+
+
+def test_chain_follows_the_configured_source(sample_mds, tmp_path):
+    """``start_from: mnli`` means the chain source, whatever ``chain.source_task`` names: here SAMPLE-SS, not
+    selected, runs first (one seed) and SAMPLE-PAIR starts from its final model, kept even with save_final=none."""
+    from m2bert import M2BertConfig, M2BertForMaskedLM
+    from m2bert.data.tokenizer import load_tokenizer
+
+    hf = tmp_path / "hf"
+    M2BertForMaskedLM(M2BertConfig.from_preset("m2-bert-tiny", vocab_size=2048)).save_pretrained(hf)
+    load_tokenizer(sample_mds["tokenizer"]).save_pretrained(hf)
+    cfg = compose_glue([
+        "glue=m2_bert_tiny", f"start.path={hf}", f"data.source={sample_mds['raw'] / 'glue'}", "tasks=[sample-pair]",
+        "glue.sample_pair.start_from=mnli", "chain.source_task=sample_ss", "glue.sample_ss.seeds=[19,717]",
+        "save_final=none", "train_subset=16", "eval_subset=32", "max_duration=2ba", "data.pad_to_max_length=false",
+        "device=cpu", "plot=false", f"run_root={tmp_path}", "run_name=chain",
+    ])
+    res = run(cfg)
+    source = tmp_path / "chain" / "jobs" / "sample-ss-seed19" / "final"
+    assert res["rounds"] == {"1": ["sample-ss"], "2": ["sample-pair"]} and res["chain_source"] == "sample-ss"
+    assert [(j["task"], j["seed"], j["round"]) for j in res["jobs"]] == [("sample-ss", 19, 1), ("sample-pair", 19, 2)]
+    ss, pair = res["jobs"]
+    assert ss["start"]["path"] == str(hf) and ss["final_model"] == str(source)
+    assert pair["start"] == {"kind": "hf", "path": str(source)} and pair["final_model"] is None
+    assert res["chain_checkpoint"] == str(source) and (source / "model.safetensors").is_file()

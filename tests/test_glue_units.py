@@ -10,7 +10,7 @@ import torch
 from hydra.errors import ConfigCompositionException
 
 from m2bert import M2BertConfig, M2BertForMaskedLM
-from m2bert.data.glue import metric_fns
+from m2bert.data.glue_tasks import metric_fns
 from m2bert.glue.driver import run
 from m2bert.glue.results import (
     PAPER_COLUMNS,
@@ -276,3 +276,51 @@ def test_recipes_hold_the_papers_settings():
     for size in ("m2_bert_large_260m", "m2_bert_large_341m"):
         g = compose_glue(["start.path=x", f"glue={size}"]).glue
         assert g.model_size.startswith("m2-bert-large") and g.rte.start_from == "mnli"
+
+
+@pytest.mark.parametrize("override, line", [
+    ("+glue.rte.lrr=1e-5", "glue.rte.lrr (did you mean glue.rte.lr?): no such GLUE setting"),
+    ("+chain.source=cola", "chain.source (did you mean chain.source_task?): no such GLUE setting"),
+    ("+eval_subsett=8", "eval_subsett (did you mean eval_subset?): no such GLUE setting"),
+])
+def test_misspelt_added_key_is_one_line(tmp_path, monkeypatch, capsys, override, line):
+    """Hydra's ``+key=value`` adds even a key the schema lacks; the driver refuses it before any work."""
+    from m2bert.glue.driver import main
+    from tests.test_cli_errors import _in_process, _one_line
+
+    runs = tmp_path / "runs"
+    proc = _in_process(main, "m2bert-glue", [override, "start.path=/no/such/model", f"run_root={runs}"],
+                       monkeypatch, capsys)
+    assert _one_line(proc, "m2bert-glue") == f"m2bert-glue: error: {line}; the settings and their values: " \
+                                              "m2bert-glue --cfg job"
+    assert not runs.exists()
+
+
+def test_job_spec_round_trips_typed(tmp_path):
+    """A queue worker reads the spec back as the schema's dataclasses; a wrongly typed value fails there."""
+    from omegaconf.errors import ValidationError
+
+    from m2bert.glue.driver import job_specs, load_config, plan
+    from m2bert.glue.execute import load_spec, save_spec
+    from m2bert.glue.schema import GlueConfig, StartConfig, TaskSettings
+
+    config = load_config(compose_glue(["glue=m2_bert_tiny", "start.path=/x", "tasks=[rte]", "glue.rte.lr=2e-5",
+                                       "glue.scheduler.name=constant_with_warmup"]))
+    p = plan(config)
+    assert p.round1 == ["mnli"] and p.round2 == ["rte"] and p.settings["mnli"].seeds == [19]  # dependency: 1 seed
+    (spec, *_) = job_specs(config, p, str(tmp_path), ["rte"], StartConfig(kind="hf", path="/m", tokenizer="/t"), 2)
+    save_spec(spec, str(tmp_path / "spec.json"))
+    back = load_spec(str(tmp_path / "spec.json"))
+    assert back == spec
+    assert isinstance(back.config, GlueConfig) and isinstance(back.settings, TaskSettings) and back.settings.lr == 2e-5
+    assert back.config.glue.scheduler.name == "constant_with_warmup"
+    from composer.optim import ConstantWithWarmupScheduler
+
+    from m2bert.train.builders import build_scheduler
+
+    assert isinstance(build_scheduler(back.config.glue.scheduler), ConstantWithWarmupScheduler)  # what the job builds
+    data = json.loads((tmp_path / "spec.json").read_text())
+    data["settings"]["lr"] = "fast"
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(ValidationError, match="lr"):
+        load_spec(str(tmp_path / "bad.json"))

@@ -5,4 +5,4 @@ Submodules are imported lazily by their users (``from m2bert.data.mlm import ...
 """
 from __future__ import annotations
 
-__all__ = ["convert_c4", "glue", "mlm", "sample", "tokenizer"]
+__all__ = ["convert_c4", "glue_tasks", "mlm", "sample", "tokenizer"]

@@ -1,4 +1,4 @@
-"""Start-up checks of a GLUE run that need the resolved start: does the tokenizer fit the model?
+"""Start-up checks of a GLUE run, before the first job: the data files parse, and the start fits.
 
 A tokenizer with other ids than the one the model was pretrained with fine-tunes on wrong ids
 without a word (the run trains, the scores are poor). Refused: a tokenizer larger than the model's
@@ -8,9 +8,46 @@ directory, or the ``hf/`` export beside a Composer checkpoint).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
+from m2bert.data.glue_tasks import HF_SOURCES, cached_tokenizer, get_task, validate_task_files
+from m2bert.glue.schema import GlueConfig
+from m2bert.glue.start import Start, check_padding, max_length, resolve_start
 from m2bert.options import ConfigError
+
+
+def check_data(source: str, tasks: list[str]) -> None:
+    """Every train and eval file exists and every row parses with its label in range (local GLUE folder);
+    the hub source is checked when loaded."""
+    if str(source) in HF_SOURCES:
+        return
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"data.source={source}: no such GLUE folder")
+    for task in tasks:
+        t = get_task(task)
+        for split in ("train", *t.eval_splits):
+            f = root / t.dir_name / t.splits[split]
+            if not f.is_file():
+                raise ConfigError(f"data.source={source}: {f} is missing ({t.name} {split})")
+    for task in tasks:  # every row of every selected task, so a bad row in the last task stops round 1 too
+        try:
+            validate_task_files(root, task, ("train", *get_task(task).eval_splits))
+        except ValueError as e:
+            raise ConfigError(f"data.source={source}: {e}") from e
+
+
+def check_start(config: GlueConfig, start: Start, chain_checkpoint: bool) -> None:
+    """The resolved start fits the run: tokenizer, padding, sequence length; and ``chain.checkpoint``, when
+    round 2 will start from it, resolves now rather than after round 1."""
+    if chain_checkpoint and config.chain.checkpoint:
+        resolve_start("hf", config.chain.checkpoint, tokenizer=start.tokenizer)
+    check_tokenizer(start, cached_tokenizer(start.tokenizer))
+    check_padding(start, config.data.pad_to_max_length)
+    limit = max_length(start.config)
+    if config.data.max_seq_len > limit:
+        raise ConfigError(f"data.max_seq_len={config.data.max_seq_len} exceeds what {start.path} supports ({limit})")
 
 
 def saved_tokenizer_dir(kind: str, path: str) -> str | None:
@@ -34,8 +71,6 @@ def check_tokenizer(start: Any, tok: Any) -> None:
     saved = saved_tokenizer_dir(start.kind, start.path)
     if saved is None or os.path.abspath(saved) == os.path.abspath(os.path.expanduser(str(start.tokenizer))):
         return
-    from m2bert.glue.jobs import get_tokenizer
-
-    if get_tokenizer(saved).get_vocab() != tok.get_vocab():
+    if cached_tokenizer(saved).get_vocab() != tok.get_vocab():
         raise ConfigError(f"start.tokenizer={start.tokenizer} has a different vocabulary than the tokenizer saved with "
                           f"the model in {saved}; drop start.tokenizer (the saved one is used) or pass start.tokenizer={saved}")

@@ -4,33 +4,43 @@
     m2bert-glue glue=m2_bert_base_110m start.kind=composer start.path=runs/x/checkpoints
     m2bert-glue -m tasks=[rte] glue.rte.lr=1e-5,3e-5,5e-5                  # sweep + sweep_report.md
 
+The composed config becomes the schema's dataclasses once (``load_config``: a key the schema lacks stops
+the run there) and travels as such: plan → job specs → ``m2bert.glue.jobs.run_job``.
+
 Plan: every selected task × its seeds is a job. Round 1 runs the tasks that start from the pretrained
 checkpoint; round 2 the tasks with ``start_from: mnli`` (RTE, MRPC, STS-B in the paper's recipe),
-starting from the chain source task's (``chain.source_task``, MNLI) first seed's final model. If the
-source task is not selected, its first seed runs anyway as a dependency, unless ``chain.checkpoint``
-names an existing fine-tuned source model (an HF dir, e.g. ``<run>/jobs/mnli-seed19/final``: what
-sweeps over RTE/MRPC/STS-B settings want). ``chain.enabled=false`` starts every task from the
-pretrained checkpoint.
+starting from the first seed's final model of the chain source, whatever task ``chain.source_task``
+names (MNLI by default). If the source task is not selected, its first seed runs anyway as a
+dependency, unless ``chain.checkpoint`` names an existing fine-tuned source model (an HF dir, e.g.
+``<run>/jobs/mnli-seed19/final``: what sweeps over RTE/MRPC/STS-B settings want).
+``chain.enabled=false`` starts every task from the pretrained checkpoint.
 
-Jobs run one per GPU through a queue of GPU ids when more than one is available (worker processes,
-each logging to ``<run_dir>/jobs/<task>-seed<seed>/log.txt``; the console gets one line per start and
-finish), serially in this process otherwise. Everything is validated before the first job starts.
+Jobs run one per GPU through a queue of GPU ids when more than one is available, serially in this
+process otherwise (``m2bert.glue.execute``). Everything is validated before the first job starts.
 """
 from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 import time
+from dataclasses import dataclass, replace
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from m2bert.cli_help import PRETRAIN_ONLY, register_resolvers, reject_foreign_groups
 from m2bert import cli
-from m2bert.glue.schema import OPTIMIZERS, POOLINGS, START_FROM, register
+from m2bert.glue.schema import (
+    OPTIMIZERS,
+    POOLINGS,
+    START_FROM,
+    GlueConfig,
+    StartConfig,
+    TaskSettings,
+    register,
+    to_glue_config,
+)
 from m2bert.options import ConfigError
 from m2bert.train.torch_compile import normalize as normalize_compile
 
@@ -60,260 +70,176 @@ def settings_key(task: str) -> str:
     return task.replace("-", "_")
 
 
-def normalise_tasks(names: list[str]) -> list[str]:
-    from m2bert.data.glue import get_task
+def normalise_tasks(names: list[str], key: str = "tasks") -> list[str]:
+    from m2bert.data.glue_tasks import get_task
 
     out: list[str] = []
     for n in names:
         try:
             name = get_task(str(n)).name
         except KeyError as e:
-            raise ConfigError(str(e.args[0])) from e
+            raise ConfigError(f"{key}: {e.args[0]}") from e
         if name not in out:
             out.append(name)
     if not out:
-        raise ConfigError("tasks is empty")
+        raise ConfigError(f"{key} is empty")
     return out
 
 
-def task_settings(cfg: DictConfig, task: str) -> dict[str, Any]:
-    node = cfg.glue.get(settings_key(task))
-    if node is None:
-        raise ConfigError(f"glue.{settings_key(task)} is not set in this recipe (glue.model_size={cfg.glue.model_size}); "
+def task_settings(config: GlueConfig, task: str) -> TaskSettings:
+    """The recipe's settings of ``task``; a ConfigError names the key if they are missing or not allowed."""
+    key = f"glue.{settings_key(task)}"
+    s: TaskSettings | None = getattr(config.glue, settings_key(task), None)
+    if s is None:
+        raise ConfigError(f"{key} is not set in this recipe (glue.model_size={config.glue.model_size}); "
                           f"add it to the glue/ YAML or pick a recipe that has it")
-    s = OmegaConf.to_container(node, resolve=True)
-    for key, allowed in (("optimizer", OPTIMIZERS), ("pooling", POOLINGS), ("start_from", START_FROM)):
-        if s[key] not in allowed:
-            raise ConfigError(f"glue.{settings_key(task)}.{key}={s[key]!r}; choose one of {list(allowed)}")
-    if not s["seeds"]:
-        raise ConfigError(f"glue.{settings_key(task)}.seeds is empty")
+    for name, allowed in (("optimizer", OPTIMIZERS), ("pooling", POOLINGS), ("start_from", START_FROM)):
+        if getattr(s, name) not in allowed:
+            raise ConfigError(f"{key}.{name}={getattr(s, name)!r}; choose one of {list(allowed)}")
+    if not s.seeds:
+        raise ConfigError(f"{key}.seeds is empty")
     return s
 
 
-def check_data(source: str, tasks: list[str]) -> None:
-    """Every train and eval file exists and every row parses with its label in range (local GLUE folder);
-    the hub source is checked when loaded."""
-    from pathlib import Path
+@dataclass
+class Plan:
+    """Which tasks run, with which settings, in which round."""
 
-    from m2bert.data.glue import HF_SOURCES, get_task, validate_task_files
+    tasks: list[str]  # as selected (``tasks=``)
+    settings: dict[str, TaskSettings]  # per task that runs, the chain source included
+    round1: list[str]  # from the pretrained start
+    round2: list[str]  # from the chain source's fine-tuned model (``start_from: mnli``)
+    source: str | None  # the chain source task (``chain.source_task``); None with chain.enabled=false
+    source_is_dependency: bool = False  # the source runs only because round 2 needs it (first seed)
 
-    if str(source) in HF_SOURCES:
-        return
-    root = Path(source).expanduser()
-    if not root.is_dir():
-        raise ConfigError(f"data.source={source}: no such GLUE folder")
-    for task in tasks:
-        t = get_task(task)
-        for split in ("train", *t.eval_splits):
-            f = root / t.dir_name / t.splits[split]
-            if not f.is_file():
-                raise ConfigError(f"data.source={source}: {f} is missing ({t.name} {split})")
-    for task in tasks:  # every row of every selected task, so a bad row in the last task stops round 1 too
-        try:
-            validate_task_files(root, task, ("train", *get_task(task).eval_splits))
-        except ValueError as e:
-            raise ConfigError(f"data.source={source}: {e}") from e
+    def needs_source_model(self, config: GlueConfig) -> bool:
+        """Round 2 starts from the source's first seed trained in this run (not from ``chain.checkpoint``)."""
+        return bool(self.round2) and not config.chain.checkpoint
 
 
-def plan(cfg: DictConfig) -> dict[str, Any]:
+def plan(config: GlueConfig) -> Plan:
     """Tasks, their settings and the two rounds; raises ConfigError on anything inconsistent."""
-    tasks = normalise_tasks(list(cfg.tasks))
-    settings = {t: task_settings(cfg, t) for t in tasks}
-    source = normalise_tasks([cfg.chain.source_task])[0] if cfg.chain.enabled else None
-    round2 = [t for t in tasks if cfg.chain.enabled and settings[t]["start_from"] == "mnli"]
+    tasks = normalise_tasks(list(config.tasks))
+    settings = {t: task_settings(config, t) for t in tasks}
+    chain = config.chain
+    source = normalise_tasks([chain.source_task], "chain.source_task")[0] if chain.enabled else None
+    round2 = [t for t in tasks if chain.enabled and settings[t].start_from == "mnli"]
     round1 = [t for t in tasks if t not in round2]
     dependency = False
     if round2:
         if source in round2:
-            raise ConfigError(f"chain.source_task={source} itself has start_from: mnli; it must start from the pretrained checkpoint")
-        if source not in round1 and not cfg.chain.checkpoint:
-            s = task_settings(cfg, source)
-            settings[source] = dict(s, seeds=s["seeds"][:1])
+            raise ConfigError(f"chain.source_task={source} itself has start_from: mnli; it must start from the "
+                              f"pretrained checkpoint (set glue.{settings_key(source)}.start_from=pretrained)")
+        if source not in round1 and not chain.checkpoint:
+            s = task_settings(config, source)
+            settings[source] = replace(s, seeds=s.seeds[:1])
             round1.insert(0, source)
             dependency = True
             log.warning("%s start from %s, which is not in tasks: running %s (first seed) first", round2, source, source)
-    return {"tasks": tasks, "settings": settings, "round1": round1, "round2": round2, "source": source,
-            "source_is_dependency": dependency}
+    return Plan(tasks, settings, round1, round2, source, dependency)
 
 
-def job_specs(cfg: DictConfig, run_dir: str, tasks: list[str], settings: dict[str, Any], start: Any, rnd: int,
-              source: str | None) -> list[Any]:
+def job_specs(config: GlueConfig, p: Plan, run_dir: str, tasks: list[str], start: StartConfig, rnd: int) -> list[Any]:
+    """One JobSpec per task and seed. The chain source's first seed keeps its final model whenever round 2
+    starts from it (whatever ``save_final`` says: round 2 cannot start otherwise)."""
     from m2bert.glue.jobs import JobSpec
 
-    hparams = OmegaConf.to_container(cfg, resolve=True)  # logged by every job, to every logger
     specs = []
     for task in tasks:
-        s = settings[task]
-        for i, seed in enumerate(s["seeds"]):
-            save = cfg.save_final == "all" or (cfg.save_final == "chain" and task == source and i == 0)
-            specs.append(JobSpec(
-                task=task, seed=int(seed), round=rnd, settings=s, start=start.spec(), data_source=str(cfg.data.source),
-                out_dir=os.path.join(run_dir, "jobs", f"{task}-seed{seed}"), max_seq_len=cfg.data.max_seq_len,
-                pad_to_max_length=cfg.data.pad_to_max_length, train_subset=cfg.train_subset, eval_subset=cfg.eval_subset, max_duration=cfg.max_duration,
-                betas=list(cfg.glue.optimizer.betas), eps=cfg.glue.optimizer.eps, t_warmup=cfg.glue.scheduler.t_warmup,
-                alpha_f=cfg.glue.scheduler.alpha_f, device=cfg.device, precision=cfg.precision,
-                eval_batch_size=cfg.device_eval_batch_size, microbatch_size=cfg.device_train_microbatch_size,
-                grad_clip_norm=cfg.grad_clip_norm, save_final=save, console_log_interval=cfg.console_log_interval,
-                kernels=cfg.kernels, compile=normalize_compile(cfg.compile, "compile"),
-                logger=OmegaConf.to_container(cfg.logger, resolve=True), wandb_group=cfg.run_name, hparams=hparams,
-            ))
+        s = p.settings[task]
+        for i, seed in enumerate(s.seeds):
+            chain_source = task == p.source and i == 0
+            save = config.save_final == "all" or (chain_source and (config.save_final == "chain"
+                                                                     or p.needs_source_model(config)))
+            specs.append(JobSpec(task=task, seed=int(seed), round=rnd, settings=s, start=start,
+                                 out_dir=os.path.join(run_dir, "jobs", f"{task}-seed{seed}"), config=config,
+                                 save_final=save))
     return specs
 
 
-def gpu_ids(cfg: DictConfig) -> list[int]:
-    if cfg.gpus is not None:
-        return [int(g) for g in cfg.gpus]
-    import torch
-
-    if cfg.device == "cpu" or not torch.cuda.is_available():
-        return []
-    return list(range(torch.cuda.device_count()))
+def load_config(cfg: DictConfig) -> GlueConfig:
+    """The composed config, every mandatory value set, as the schema's dataclasses."""
+    cli.check_missing(cfg)
+    return to_glue_config(cfg)
 
 
-def run_serial(specs: list[Any], start: Any, done: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Jobs one after the other; each finished job's result is also appended to ``done`` at once."""
-    from m2bert.glue.jobs import run_job
-
-    results = []
-    for i, spec in enumerate(specs, 1):
-        log.info("job %d/%d: %s (round %d)", i, len(specs), spec.name, spec.round)
-        results.append(run_job(spec, start))
-        if done is not None:
-            done.append(results[-1])
-    return results
+def check_choices(config: GlueConfig) -> None:
+    if config.save_final not in ("chain", "all", "none"):
+        raise ConfigError(f"save_final={config.save_final!r}; choose chain, all or none")
+    if config.execution not in ("auto", "serial", "queue"):
+        raise ConfigError(f"execution={config.execution!r}; choose auto, serial or queue")
+    normalize_compile(config.compile, "compile")
 
 
-def run_queue(specs: list[Any], gpus: list[int], done: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """One worker process per GPU id at a time; a finished worker frees its GPU for the next job.
+def run(cfg: DictConfig | GlueConfig, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Validate, run round 1 and round 2 (the chain), aggregate; returns results incl. table and paths.
 
-    Each worker's output goes to its job folder's log.txt, so the console shows only start/finish
-    lines. A failed job does not stop the others; the queue raises at the end, naming the logs.
+    ``overrides``: the command line's, recorded in results.json (the sweep report groups by them).
     """
-    import json
-
-    from m2bert.glue.jobs import format_metrics, save_spec
-
-    pending = list(specs)
-    free = list(gpus)
-    running: dict[int, tuple[Any, subprocess.Popen, Any, float]] = {}
-    results: dict[str, dict[str, Any]] = {}
-    failed: list[str] = []
-    while pending or running:
-        while pending and free:
-            spec, gpu = pending.pop(0), free.pop(0)
-            spec_path = os.path.join(spec.out_dir, "spec.json")
-            save_spec(spec, spec_path)
-            logf = open(os.path.join(spec.out_dir, "log.txt"), "w")
-            env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), PYTHONUNBUFFERED="1")
-            if spec.device == "cpu":  # CPU "slots" (tests): keep workers from oversubscribing the cores
-                env.setdefault("OMP_NUM_THREADS", "1")
-            proc = subprocess.Popen([sys.executable, "-m", "m2bert.glue.jobs", spec_path], stdout=logf,
-                                    stderr=subprocess.STDOUT, env=env)
-            running[gpu] = (spec, proc, logf, time.perf_counter())
-            log.info("[gpu %d] start %s (round %d) → %s", gpu, spec.name, spec.round, os.path.join(spec.out_dir, "log.txt"))
-        time.sleep(0.5)
-        for gpu, (spec, proc, logf, t0) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            logf.close()
-            del running[gpu]
-            free.append(gpu)
-            result_path = os.path.join(spec.out_dir, "result.json")
-            if proc.returncode == 0 and os.path.isfile(result_path):
-                with open(result_path) as f:
-                    results[spec.name] = json.load(f)
-                if done is not None:
-                    done.append(results[spec.name])
-                log.info("[gpu %d] done  %s in %.0f s: %s", gpu, spec.name, time.perf_counter() - t0,
-                         format_metrics(results[spec.name]["metrics"]))
-            else:
-                failed.append(f"{spec.name} (exit {proc.returncode}; log {os.path.join(spec.out_dir, 'log.txt')})")
-                log.error("[gpu %d] FAILED %s (exit %s); see %s", gpu, spec.name, proc.returncode,
-                          os.path.join(spec.out_dir, "log.txt"))
-    if failed:
-        raise RuntimeError(f"{len(failed)} GLUE job(s) failed: " + "; ".join(failed))
-    return [results[s.name] for s in specs]
-
-
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Validate, run round 1 and round 2 (the chain), aggregate; returns results incl. table and paths."""
-    from m2bert.glue.checks import check_tokenizer
-    from m2bert.glue.jobs import get_tokenizer
+    from m2bert.glue.checks import check_data, check_start
+    from m2bert.glue.execute import gpu_ids, run_queue, run_serial
     from m2bert.glue.results import write_results
-    from m2bert.glue.start import max_length, padding_invariant, resolve_start
+    from m2bert.glue.start import resolve_start_config
     from m2bert.train.builders import resolve_device_and_precision
 
     t0 = time.perf_counter()
-    cli.check_missing(cfg)
-    if cfg.save_final not in ("chain", "all", "none"):
-        raise ConfigError(f"save_final={cfg.save_final!r}; choose chain, all or none")
-    if cfg.execution not in ("auto", "serial", "queue"):
-        raise ConfigError(f"execution={cfg.execution!r}; choose auto, serial or queue")
-    p = plan(cfg)
-    check_data(cfg.data.source, p["round1"] + p["round2"])
-    resolve_device_and_precision(cfg.device, cfg.precision)
-    start = resolve_start(cfg.start.kind, cfg.start.path, cfg.start.config, cfg.start.tokenizer,
-                          trust=cfg.start.trust_checkpoint)
-    if p["round2"] and cfg.chain.checkpoint:
-        resolve_start("hf", cfg.chain.checkpoint, tokenizer=start.tokenizer)  # fail now, not after round 1
-    check_tokenizer(start, get_tokenizer(start.tokenizer))
-    if not cfg.data.pad_to_max_length and not padding_invariant(start.config):
-        raise ConfigError(f"data.pad_to_max_length=false needs a padding-invariant model; {start.path} is not "
-                          "(an original checkpoint reproduces the original, whose outputs depend on padding)")
-    limit = max_length(start.config)
-    if cfg.data.max_seq_len > limit:
-        raise ConfigError(f"data.max_seq_len={cfg.data.max_seq_len} exceeds what {start.path} supports ({limit})")
-    run_dir = cfg.run_dir or os.path.join(cfg.run_root, cfg.run_name)
-    gpus = gpu_ids(cfg)
-    queue = cfg.execution == "queue" or (cfg.execution == "auto" and len(gpus) > 1)
+    config = cfg if isinstance(cfg, GlueConfig) else load_config(cfg)
+    check_choices(config)
+    p = plan(config)
+    check_data(config.data.source, p.round1 + p.round2)
+    resolve_device_and_precision(config.device, config.precision)
+    start = resolve_start_config(config.start)
+    check_start(config, start, chain_checkpoint=bool(p.round2))
+    run_dir = config.run_dir or os.path.join(config.run_root, config.run_name)
+    gpus = gpu_ids(config.gpus, config.device)
+    queue = config.execution == "queue" or (config.execution == "auto" and len(gpus) > 1)
     if queue and not gpus:
         raise ConfigError("execution=queue needs GPU ids (gpus=[0,1,...]) or visible GPUs")
-    log.info("GLUE: %s; round 1 %s; round 2 %s (from %s); %s; run dir %s", cfg.glue.model_size, p["round1"], p["round2"],
-             p["source"], f"queue over GPUs {gpus}" if queue else "serial", run_dir)
+    log.info("GLUE: %s; round 1 %s; round 2 %s (from %s); %s; run dir %s", config.glue.model_size, p.round1, p.round2,
+             p.source, f"queue over GPUs {gpus}" if queue else "serial", run_dir)
 
     finished: list[dict[str, Any]] = []
 
     def run_round(specs: list[Any], st: Any) -> list[dict[str, Any]]:
         return run_queue(specs, gpus, finished) if queue else run_serial(specs, st, finished)
 
-    label = str(cfg.run_name)  # the row says which run it is; the start is in results.json
+    label = str(config.run_name)  # the row says which run it is; the start is in results.json
     try:
-        jobs, chain_start = run_rounds(cfg, run_dir, p, start, run_round)
+        jobs, chain_start = run_rounds(config, run_dir, p, start, run_round)
     except Exception as e:
         if finished:  # keep what finished: results.* of those jobs, with the failure named
-            write_results(run_dir, finished, cfg.glue.model_size, label, cfg.published, cfg.plot,
-                          {"run_dir": run_dir, "failed": f"{type(e).__name__}: {e}",
-                           "overrides": list(cfg.get("_overrides_", []) or [])})
+            write_results(run_dir, finished, config.glue.model_size, label, config.published, config.plot,
+                          {"run_dir": run_dir, "failed": f"{type(e).__name__}: {e}", "overrides": list(overrides or [])})
             log.error("GLUE run failed after %d job(s); their results are in %s", len(finished),
                       os.path.join(run_dir, "results.json"))
         raise
     extra = {
         "run_dir": run_dir, "start": {"kind": start.kind, "path": start.path, "tokenizer": start.tokenizer},
-        "rounds": {"1": p["round1"], "2": p["round2"]}, "chain_source": p["source"],
+        "rounds": {"1": p.round1, "2": p.round2}, "chain_source": p.source,
         "chain_checkpoint": chain_start.path if chain_start else None,
-        "overrides": list(cfg.get("_overrides_", []) or []), "time_s": round(time.perf_counter() - t0, 1),
+        "overrides": list(overrides or []), "time_s": round(time.perf_counter() - t0, 1),
     }
-    results = write_results(run_dir, jobs, cfg.glue.model_size, label, cfg.published, cfg.plot, extra)
+    results = write_results(run_dir, jobs, config.glue.model_size, label, config.published, config.plot, extra)
     log.info("GLUE results (%s):\n%s", results["paths"]["markdown"], results["table"])
     return results
 
 
-def run_rounds(cfg: DictConfig, run_dir: str, p: dict[str, Any], start: Any, run_round: Any) -> tuple[list[Any], Any]:
+def run_rounds(config: GlueConfig, run_dir: str, p: Plan, start: Any, run_round: Any) -> tuple[list[Any], Any]:
     """Round 1, then round 2 from the chain source; returns the jobs' results and the chain start."""
     from m2bert.glue.start import resolve_start
 
-    jobs = run_round(job_specs(cfg, run_dir, p["round1"], p["settings"], start, 1, p["source"]), start)
+    jobs = run_round(job_specs(config, p, run_dir, p.round1, start.spec(), 1), start)
     chain_start = None
-    if p["round2"]:
-        if cfg.chain.checkpoint:
-            chain_start = resolve_start("hf", cfg.chain.checkpoint, tokenizer=start.tokenizer)
+    if p.round2:
+        if config.chain.checkpoint:
+            chain_start = resolve_start("hf", config.chain.checkpoint, tokenizer=start.tokenizer)
         else:
-            source_job = next(j for j in jobs if j["task"] == p["source"])
+            source_job = next(j for j in jobs if j["task"] == p.source)
             if not source_job.get("final_model"):
-                raise RuntimeError(f"the chain source {p['source']} (seed {source_job['seed']}) saved no final model")
+                raise RuntimeError(f"the chain source {p.source} (seed {source_job['seed']}) saved no final model")
             chain_start = resolve_start("hf", source_job["final_model"], tokenizer=start.tokenizer)
-        log.info("round 2 %s starts from %s", p["round2"], chain_start.path)
-        jobs += run_round(job_specs(cfg, run_dir, p["round2"], p["settings"], chain_start, 2, p["source"]), chain_start)
+        log.info("round 2 %s starts from %s (%s's first seed)", p.round2, chain_start.path, p.source)
+        jobs += run_round(job_specs(config, p, run_dir, p.round2, chain_start.spec(), 2), chain_start)
     return jobs, chain_start
 
 
@@ -324,13 +250,11 @@ def hydra_main(cfg: DictConfig) -> None:
 
     cli.task_started()
     hc = HydraConfig.get()
-    with_overrides = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    OmegaConf.set_struct(with_overrides, False)
-    with_overrides["_overrides_"] = list(hc.overrides.task)
-    if hc.mode == RunMode.MULTIRUN and not cfg.run_dir:
-        with_overrides["run_dir"] = hc.runtime.output_dir  # each sweep job in its own folder
     try:
-        results = run(with_overrides)
+        config = load_config(cfg)
+        if hc.mode == RunMode.MULTIRUN and not config.run_dir:
+            config.run_dir = hc.runtime.output_dir  # each sweep job in its own folder
+        results = run(config, overrides=list(hc.overrides.task))
     except cli.USER_ERRORS as e:
         cli.fail("m2bert-glue", e)
     print(results["table"])

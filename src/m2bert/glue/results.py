@@ -41,7 +41,7 @@ PUBLISHED_RESOURCE = "published.json"
 
 def score_metrics(task: str) -> tuple[str, ...]:
     """The metrics a task's score averages (the paper's set); unknown tasks score on all their metrics."""
-    from m2bert.data.glue import get_task
+    from m2bert.data.glue_tasks import get_task
 
     try:
         return get_task(task).score_metrics

@@ -3,15 +3,22 @@ key (``glue.rte.lrr``), an unknown task section or a wrongly typed value stops t
 
 Task sections are keyed by our task name with ``-`` replaced by ``_`` (``glue.sample_pair``), because a
 dataclass field cannot hold a dash; ``tasks=[sample-pair]`` and ``tasks=[sample_pair]`` both work.
+
+The driver turns the composed config into these dataclasses once (``to_glue_config``) and hands them on as
+they are, down to the optimizer; a key Hydra's ``+key=value`` slipped past the schema stops it there.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field, is_dataclass
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
+from m2bert.options import ConfigError
 from m2bert.train.schema import LoggerConfig
 
 START_KINDS = ("hf", "composer", "original")
@@ -22,7 +29,7 @@ OPTIMIZERS = ("decoupled_adamw", "adamw")
 
 @dataclass
 class TaskSettings:
-    """One task's fine-tuning recipe. ``num_labels`` comes from the task table (m2bert.data.glue)."""
+    """One task's fine-tuning recipe. ``num_labels`` comes from the task table (m2bert.data.glue_tasks)."""
 
     seeds: list[int] = field(default_factory=lambda: [19])
     lr: float = 5e-5
@@ -32,7 +39,7 @@ class TaskSettings:
     max_duration: Optional[str] = None  # a Composer time string ("10ba", "2ep"); overrides epochs
     batch_size: int = 32
     pooling: str = "cls"  # cls | mean (the original's pool_all)
-    start_from: str = "pretrained"  # pretrained | mnli
+    start_from: str = "pretrained"  # pretrained | mnli (= the chain source, ``chain.source_task``, whatever it is)
     train_subset: Optional[int] = None  # first N rows of a fixed shuffle of train; overrides the global one
 
 
@@ -46,6 +53,7 @@ class OptimizerShared:
 
 @dataclass
 class SchedulerShared:
+    name: str = "linear_decay_with_warmup"  # or constant_with_warmup (m2bert.train.builders.build_scheduler)
     t_warmup: str = "0.06dur"
     alpha_f: float = 0.0  # decay to 0
 
@@ -130,3 +138,36 @@ class GlueConfig:
 
 def register() -> None:
     ConfigStore.instance().store(name="glue_schema", node=GlueConfig)
+
+
+def unknown_keys(cfg: DictConfig, schema: type, prefix: str = "") -> list[str]:
+    """Keys of ``cfg`` that ``schema`` (a dataclass, walked recursively) does not have.
+
+    Hydra's ``+key=value`` adds a key to a structured config even in struct mode, so a misspelt
+    ``+glue.rte.lrr=1e-5`` would otherwise be carried along and never read.
+    """
+    hints = typing.get_type_hints(schema)
+    out: list[str] = []
+    for key in cfg.keys():
+        name = f"{prefix}{key}"
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), list(hints), n=1)
+            out.append(f"{name} (did you mean {prefix}{close[0]}?)" if close else name)
+            continue
+        kind = hints[key]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # Optional[X]
+            kind = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        value = cfg[key]
+        if is_dataclass(kind) and isinstance(value, DictConfig):
+            out += unknown_keys(value, kind, f"{name}.")
+    return out
+
+
+def to_glue_config(cfg: DictConfig) -> GlueConfig:
+    """The composed config as the schema's dataclasses; a key the schema lacks is one ConfigError naming it."""
+    unknown = unknown_keys(cfg, GlueConfig)
+    if unknown:
+        raise ConfigError(f"{'; '.join(unknown)}: no such GLUE setting; the settings and their values: "
+                          "m2bert-glue --cfg job")
+    config: Any = OmegaConf.to_object(cfg)
+    return config

@@ -33,6 +33,7 @@ import torch
 from transformers import BertConfig, PretrainedConfig
 
 from m2bert.config import M2BertConfig
+from m2bert.glue.schema import StartConfig
 from m2bert.options import ConfigError
 
 log = logging.getLogger(__name__)
@@ -75,11 +76,19 @@ class Start:
     tokenizer: str
     state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
     trust: bool = False  # start.trust_checkpoint: unpickle a Composer checkpoint without the safety check
+    config_path: str | None = None  # start.config as given (None: found beside the checkpoint)
 
-    def spec(self) -> dict[str, Any]:
-        """What a worker process needs to resolve the same start again."""
-        return {"kind": self.kind, "path": self.path, "config": None, "tokenizer": self.tokenizer,
-                "_config_dict": self.config.to_dict(), "trust": self.trust}
+    def spec(self) -> StartConfig:
+        """What a job (or a worker process) needs to resolve the same start again."""
+        return StartConfig(kind=self.kind, path=self.path, config=self.config_path, tokenizer=self.tokenizer,
+                           trust_checkpoint=self.trust)
+
+
+def check_padding(start: Start, pad_to_max_length: bool) -> None:
+    """Padding to each batch's longest row changes the outputs of a model that is not padding-invariant."""
+    if not pad_to_max_length and not padding_invariant(start.config):
+        raise ConfigError(f"data.pad_to_max_length=false needs a padding-invariant model; {start.path} is not "
+                          "(an original checkpoint reproduces the original, whose outputs depend on padding)")
 
 
 def _hf_config(path: str) -> PretrainedConfig:
@@ -172,8 +181,13 @@ def _original_config(path: str | None) -> dict[str, Any]:
     return d
 
 
+def resolve_start_config(spec: StartConfig) -> Start:
+    """``resolve_start`` for a ``start`` section of the config (or a job's ``Start.spec()``)."""
+    return resolve_start(spec.kind, spec.path, spec.config, spec.tokenizer, trust=spec.trust_checkpoint)
+
+
 def resolve_start(kind: str, path: str, config: str | None = None, tokenizer: str | None = None,
-                  config_dict: dict[str, Any] | None = None, trust: bool = False) -> Start:
+                  trust: bool = False) -> Start:
     """Find and read everything a start needs; any problem is a ConfigError naming the file."""
     if not path:
         raise ConfigError("start.path is not set: give an HF directory, a Composer checkpoint or an original checkpoint")
@@ -181,15 +195,13 @@ def resolve_start(kind: str, path: str, config: str | None = None, tokenizer: st
     if kind == "hf":
         if not os.path.isdir(path):
             raise ConfigError(f"start: Hugging Face directory {path} does not exist")
-        model_config = config_from_dict(config_dict) if config_dict else _hf_config(config or path)
+        model_config = _hf_config(config or path)
         tok = tokenizer or (path if _has_tokenizer(path) else None)
         state = _hf_state(path)
     elif kind == "composer":
         path = _composer_file(path)
         beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "hf")
-        if config_dict:
-            model_config = config_from_dict(config_dict)
-        elif config or os.path.isfile(os.path.join(beside, "config.json")):
+        if config or os.path.isfile(os.path.join(beside, "config.json")):
             model_config = _hf_config(config or beside)
         else:
             raise ConfigError(f"start: no model config for composer checkpoint {path}: set start.config "
@@ -201,7 +213,7 @@ def resolve_start(kind: str, path: str, config: str | None = None, tokenizer: st
 
         if not os.path.isfile(path):
             raise ConfigError(f"start: original checkpoint {path} does not exist")
-        model_config = M2BertConfig.from_dict(config_dict) if config_dict else M2BertConfig.from_original(_original_config(config))
+        model_config = M2BertConfig.from_original(_original_config(config))
         tok = tokenizer or "bert-base-uncased"
         try:
             raw = read_original_state_dict(path)
@@ -222,7 +234,8 @@ def resolve_start(kind: str, path: str, config: str | None = None, tokenizer: st
     encoder = [k for k in state if k.startswith("bert.")]
     if not encoder:
         raise ConfigError(f"start: {path} holds no encoder weights (bert.*)")
-    return Start(kind=kind, path=path, config=model_config, tokenizer=str(tok), state=state, trust=trust)
+    return Start(kind=kind, path=path, config=model_config, tokenizer=str(tok), state=state, trust=trust,
+                 config_path=config)
 
 
 def classifier_config(start: Start, num_labels: int, pooling: str, kernels: str | None = None) -> PretrainedConfig:

@@ -1,10 +1,12 @@
-"""GLUE: one loader for the 9 tasks (and the offline sample's two) from the hub or a local GLUE folder.
+"""GLUE tasks as data: one loader for the 9 tasks (and the offline sample's two) from the hub or a local
+GLUE folder, tokenised and cached for fine-tuning, with GLUE's metrics.
 
 Both sources give the same thing: a ``datasets.Dataset`` with the Hugging Face ``nyu-mll/glue``
 column names (``idx``, the task's text columns, ``label``), the same label encoding
 (``ClassLabel``; ``float32`` for STS-B; -1 for unlabelled test rows) and the same split names
 (``train``, ``validation``, ``validation_matched``/``validation_mismatched`` for MNLI, ``test``…).
-``GLUE_TASKS`` holds each task's metadata for the fine-tuning driver.
+``GLUE_TASKS`` holds each task's metadata for the fine-tuning driver (``m2bert.glue``);
+``task_dataset`` and ``pad_collate`` are what its jobs feed the model.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
@@ -308,3 +311,51 @@ def metric_fns() -> dict[str, Callable[[Any, Any], float]]:
 
     return {"accuracy": accuracy, "f1": f1, "matthews_correlation": matthews, "pearson": pearson,
             "spearmanr": spearman}
+
+
+# ----------------------------------------------------------------------------- fine-tuning inputs
+
+# Tokenisers and tokenised splits, reused by later seeds (and later Hydra sweep jobs) in the same process.
+_TOKENIZERS: dict[str, PreTrainedTokenizerBase] = {}
+_DATASETS: dict[tuple[Any, ...], datasets.Dataset] = {}
+
+
+def cached_tokenizer(spec: str) -> PreTrainedTokenizerBase:
+    """``load_tokenizer(spec)``, loaded once per process."""
+    from m2bert.data.tokenizer import load_tokenizer
+
+    if spec not in _TOKENIZERS:
+        _TOKENIZERS[spec] = load_tokenizer(spec)
+    return _TOKENIZERS[spec]
+
+
+def task_dataset(task: str, source: str, split: str, tokenizer_spec: str, max_seq_len: int,
+                 subset: int | None, shuffle_subset: bool, pad_to_max_length: bool = True) -> datasets.Dataset:
+    """A tokenised split (cached). Train subsets take N rows of a fixed shuffle (seed 0), the same for
+    every seed, so subsets keep the label mix; eval subsets take the first N rows."""
+    datasets.disable_progress_bars()
+    key = (task, str(source), split, tokenizer_spec, max_seq_len, subset, pad_to_max_length)
+    if key not in _DATASETS:
+        ds = load_glue_task(task, source, split)
+        if subset is not None and subset < len(ds):
+            ds = ds.shuffle(seed=0).select(range(subset)) if shuffle_subset else ds.select(range(subset))
+        _DATASETS[key] = tokenize_glue(ds, task, cached_tokenizer(tokenizer_spec), max_length=max_seq_len,
+                                       padding="max_length" if pad_to_max_length else False)
+    return _DATASETS[key]
+
+
+def pad_collate(pad_id: int) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
+    """Collate unpadded rows by padding to the batch's longest (only for padding-invariant models:
+    the original pads every row to max_seq_len, and its outputs depend on the padding)."""
+
+    def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        n = max(len(r["input_ids"]) for r in rows)
+        out: dict[str, torch.Tensor] = {}
+        for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
+            out[key] = torch.stack([torch.nn.functional.pad(torch.as_tensor(r[key]), (0, n - len(r[key])), value=fill)
+                                    for r in rows])
+        out["labels"] = torch.stack([torch.as_tensor(r["labels"]) for r in rows])
+        out["idx"] = torch.stack([torch.as_tensor(r["idx"]) for r in rows])
+        return out
+
+    return collate
