@@ -28,9 +28,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from m2bert.cli_help import PRETRAIN_ONLY, register_resolvers, reject_foreign_groups
 from m2bert import cli
-from m2bert.glue.schema import OPTIMIZERS, POOLINGS, START_FROM, register
+from m2bert.cli import PRETRAIN_ONLY, register_resolvers, reject_foreign_groups
+from m2bert.glue.schema import GlueConfig, register
 from m2bert.options import ConfigError
 from m2bert.train.torch_compile import normalize as normalize_compile
 
@@ -46,13 +46,7 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
                               "tasks=[sample-ss,sample-pair]", "train_subset=256", "max_duration=20ba"])
         results = run(cfg)   # results["table"], results["paths"], results["glue_average"], ...
     """
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name="glue", overrides=list(overrides or []))
-    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
-        return compose(config_name="glue", overrides=list(overrides or []))
+    return cli.compose("glue", overrides)
 
 
 def settings_key(task: str) -> str:
@@ -81,10 +75,7 @@ def task_settings(cfg: DictConfig, task: str) -> dict[str, Any]:
     if node is None:
         raise ConfigError(f"glue.{settings_key(task)} is not set in this recipe (glue.model_size={cfg.glue.model_size}); "
                           f"add it to the glue/ YAML or pick a recipe that has it")
-    s = OmegaConf.to_container(node, resolve=True)
-    for key, allowed in (("optimizer", OPTIMIZERS), ("pooling", POOLINGS), ("start_from", START_FROM)):
-        if s[key] not in allowed:
-            raise ConfigError(f"glue.{settings_key(task)}.{key}={s[key]!r}; choose one of {list(allowed)}")
+    s = OmegaConf.to_container(node, resolve=True)  # optimizer, pooling, start_from: checked by the schema's types
     if not s["seeds"]:
         raise ConfigError(f"glue.{settings_key(task)}.seeds is empty")
     return s
@@ -154,7 +145,7 @@ def job_specs(cfg: DictConfig, run_dir: str, tasks: list[str], settings: dict[st
                 alpha_f=cfg.glue.scheduler.alpha_f, device=cfg.device, precision=cfg.precision,
                 eval_batch_size=cfg.device_eval_batch_size, microbatch_size=cfg.device_train_microbatch_size,
                 grad_clip_norm=cfg.grad_clip_norm, save_final=save, console_log_interval=cfg.console_log_interval,
-                kernels=cfg.kernels, compile=normalize_compile(cfg.compile, "compile"),
+                kernels=str(cfg.impl.kernels), compile=normalize_compile(cfg.impl.compile, "impl.compile"),
                 logger=OmegaConf.to_container(cfg.logger, resolve=True), wandb_group=cfg.run_name, hparams=hparams,
             ))
     return specs
@@ -340,6 +331,7 @@ def main() -> None:
     """The ``m2bert-glue`` console script: pretraining's groups (``model=...``) are refused, and user errors
     are one line on stderr, exit 2."""
     reject_foreign_groups("m2bert-glue", PRETRAIN_ONLY)
+    cli.check_choices("m2bert-glue", GlueConfig)
     cli.entry(hydra_main)
 
 
