@@ -20,9 +20,10 @@ from typing import Any
 import torch
 
 from m2bert import cli_help
+from m2bert.paths import shared_dir
 
 log = logging.getLogger("bench.loader_throughput")
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = shared_dir() / "data"
 
 
 def _data(tmp: Path, source: str | None, tokenizer: str | None) -> tuple[str, str]:

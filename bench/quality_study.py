@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from m2bert.atomic import atomic_write_json
+from m2bert.paths import shared_dir
 
 log = logging.getLogger("bench.quality_study")
 
@@ -111,8 +112,7 @@ def set_aside(path: Path) -> None:
 
 
 def pretrain(name: str, args: argparse.Namespace, mds: Path, vocab: Path, work: Path) -> dict[str, Any]:
-    from hydra import compose, initialize_config_module
-
+    from m2bert.cli import compose
     from m2bert.pretrain import run
 
     run_dir = work / "pretrain" / name
@@ -131,8 +131,7 @@ def pretrain(name: str, args: argparse.Namespace, mds: Path, vocab: Path, work: 
         f"console_log_interval={max(args.batches // 10, 1)}ba", f"run_root={work / 'pretrain'}", f"run_name={name}",
         f"seed={args.seed}", "device=cpu",
     ] + (["eval_subset_num_batches=1"] if args.quick else [])
-    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
-        cfg = compose(config_name="pretrain", overrides=overrides)
+    cfg = compose("pretrain", overrides)
     t0 = time.perf_counter()
     summary = run(cfg)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
@@ -141,7 +140,8 @@ def pretrain(name: str, args: argparse.Namespace, mds: Path, vocab: Path, work: 
 
 
 def finetune(name: str, args: argparse.Namespace, hf_dir: str, work: Path) -> dict[str, Any]:
-    from m2bert.glue.driver import compose_config, run
+    from m2bert.cli import compose
+    from m2bert.glue.driver import run
 
     run_dir = work / "glue" / name
     if (run_dir / "results.json").exists():
@@ -156,7 +156,7 @@ def finetune(name: str, args: argparse.Namespace, hf_dir: str, work: Path) -> di
     if args.quick:  # one seed, one batch, a slice of each dev set
         overrides += ["train_subset=16", "eval_subset=32", "max_duration=1ba"]
         overrides += [f"glue.{t}.{k}={v}" for t in TASKS for k, v in (("seeds", "[19]"), ("train_subset", 16))]
-    return run(compose_config(overrides))
+    return run(compose("glue", overrides))
 
 
 def _limit_threads(threads: int) -> None:
@@ -309,7 +309,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--shared", type=Path, default=Path("../shared"), help="the read-only data folder")
+    p.add_argument("--shared", type=Path, default=shared_dir(), help="the read-only data folder (../shared)")
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="where quality_study.{json,md,png} go")
     p.add_argument("--work", type=Path, default=None, help="working folder (default runs/quality_study, or --out/work "
                    "with --quick); finished stages found there are reused")

@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from m2bert.paths import shared_dir
+
+SHARED = shared_dir()
 
 
 def shared_path(*parts: str) -> Path:
@@ -74,19 +76,17 @@ def tiny_pretrain_overrides(sample_mds, run_root: Path, run_name: str, model: st
 
 
 def compose_pretrain(overrides: list[str]):
-    """yamls/pretrain.yaml composed with overrides."""
-    from hydra import compose, initialize_config_module
+    """yamls/pretrain.yaml composed with overrides (m2bert.cli.compose, as the demo and the CLI compose it)."""
+    from m2bert.cli import compose
 
-    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
-        return compose(config_name="pretrain", overrides=overrides)
+    return compose("pretrain", overrides)
 
 
 def compose_glue(overrides: list[str]):
-    """yamls/glue.yaml composed with overrides, as the GLUE tests need it."""
-    from hydra import compose, initialize_config_module
+    """yamls/glue.yaml composed with overrides."""
+    from m2bert.cli import compose
 
-    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
-        return compose(config_name="glue", overrides=overrides)
+    return compose("glue", overrides)
 
 
 @pytest.fixture(scope="session")

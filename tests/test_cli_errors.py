@@ -70,6 +70,45 @@ def test_pretrain_config_errors_are_one_line(tmp_path, override, expect, monkeyp
     assert not runs.exists()  # Hydra's run folder of a failed start is removed again
 
 
+@pytest.mark.parametrize("module, prog, override, expect", [
+    ("m2bert.pretrain", "m2bert-pretrain", "impl.kernels=fast", "impl.kernels='fast'; choose one of auto, triton, torch"),
+    ("m2bert.pretrain", "m2bert-pretrain", "impl.long_conv_impl=fourier",
+     "impl.long_conv_impl='fourier'; choose one of fft, monarch, direct"),
+    ("m2bert.pretrain", "m2bert-pretrain", "optimizer.name=sgd", "optimizer.name='sgd'; choose one of decoupled_adamw, adamw"),
+    ("m2bert.pretrain", "m2bert-pretrain", "scheduler.name=cosine", "scheduler.name='cosine'; choose one of "
+     "linear_decay_with_warmup, constant_with_warmup"),
+    ("m2bert.pretrain", "m2bert-pretrain", "parallel.name=tp", "parallel.name='tp'; choose one of ddp, fsdp"),
+    ("m2bert.pretrain", "m2bert-pretrain", "model.family=gpt", "model.family='gpt'; choose one of m2, bert"),
+    ("m2bert.pretrain", "m2bert-pretrain", "impl.kernels=torch,fast", "impl.kernels='fast'; choose one of"),  # a sweep
+    ("m2bert.glue.driver", "m2bert-glue", "impl.kernels=fast", "impl.kernels='fast'; choose one of auto, triton, torch"),
+    ("m2bert.glue.driver", "m2bert-glue", "glue.cola.pooling=max", "glue.cola.pooling='max'; choose one of cls, mean"),
+    ("m2bert.glue.driver", "m2bert-glue", "glue.rte.start_from=qnli", "glue.rte.start_from='qnli'; choose one of "
+     "pretrained, mnli"),
+    ("m2bert.glue.driver", "m2bert-glue", "glue.rte.optimizer=sgd", "glue.rte.optimizer='sgd'; choose one of"),
+    ("m2bert.glue.driver", "m2bert-glue", "start.kind=onnx", "start.kind='onnx'; choose one of hf, composer, original"),
+])
+def test_a_bad_choice_is_one_line_naming_key_and_choices(tmp_path, module, prog, override, expect, monkeypatch, capsys):
+    import importlib
+
+    runs = tmp_path / "runs"
+    proc = _in_process(importlib.import_module(module).main, prog, [override, f"run_root={runs}", "run_name=r"],
+                       monkeypatch, capsys)
+    assert _one_line(proc, prog).startswith(f"{prog}: error: {expect}")
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize("key", ["kernels", "long_conv_impl"])
+def test_speed_switches_are_refused_in_model_overrides(tmp_path, key, monkeypatch, capsys):
+    from m2bert.pretrain import main
+
+    runs = tmp_path / "runs"
+    proc = _in_process(main, "m2bert-pretrain", [f"+model.overrides.{key}=torch", f"run_root={runs}", "run_name=r"],
+                       monkeypatch, capsys)
+    line = _one_line(proc, "m2bert-pretrain")
+    assert f"model.overrides.{key} is a switch of the run, not of the model: use impl.{key}=torch instead" in line
+    assert not runs.exists()
+
+
 def test_pretrain_truncated_shard_is_one_line(sample_mds, tmp_path, monkeypatch, capsys):
     from m2bert.pretrain import main
 

@@ -117,13 +117,10 @@ def test_messages_name_console_scripts_not_data_prep():
 
 def test_data_sample_finds_what_the_demo_writes(sample_mds, tmp_path, monkeypatch):
     """After `make demo` (outputs in demo_out/), `m2bert-pretrain data=sample` finds shards and tokenizer."""
-    from hydra import compose, initialize_config_module
-
     from m2bert.demo import build_data
     from m2bert.pretrain import check_data
-    from m2bert.train.schema import register
+    from tests.conftest import compose_pretrain
 
-    register()
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("M2BERT_SAMPLE_DIR", raising=False)
     out = tmp_path / "demo_out"
@@ -132,8 +129,7 @@ def test_data_sample_finds_what_the_demo_writes(sample_mds, tmp_path, monkeypatc
     for name, target in (("sample", sample_mds["raw"]), ("tokenizer", sample_mds["tokenizer"]), ("mds", sample_mds["mds"])):
         os.symlink(target, out / name)
     paths = build_data(Path("demo_out"), vocab_size=2048)
-    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
-        cfg = compose(config_name="pretrain", overrides=["data=sample"])
+    cfg = compose_pretrain(["data=sample"])
     assert Path(cfg.data.local).resolve() == paths["mds"].resolve()
     assert Path(cfg.data.tokenizer).resolve() == paths["tokenizer"].resolve()
     check_data(cfg.data)

@@ -7,12 +7,11 @@ import csv
 import json
 
 import pytest
-from hydra import compose, initialize_config_module
 
 from m2bert.glue.driver import run
 from m2bert.glue.results import fmt
 from m2bert.glue.schema import register
-from tests.conftest import compose_glue, shared_path
+from tests.conftest import compose_glue, compose_pretrain, shared_path
 
 register()
 
@@ -78,11 +77,10 @@ def test_composer_start_through_the_job_queue(sample_mds, tmp_path):
     """Start from our own Composer checkpoint (pretraining's); two workers share the queue (ids 0, 1 on CPU)."""
     from m2bert.pretrain import run as pretrain
 
-    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
-        pcfg = compose(config_name="pretrain", overrides=[
-            "model=m2_bert_tiny", "data=sample", f"data.local={sample_mds['mds']}", f"data.tokenizer={sample_mds['tokenizer']}",
-            "global_train_batch_size=8", "impl.device_train_microbatch_size=8", "max_duration=2ba", "eval_interval=2ba",
-            "eval_subset_num_batches=1", "save_interval=2ba", f"run_root={tmp_path}", "run_name=pre"])
+    pcfg = compose_pretrain([
+        "model=m2_bert_tiny", "data=sample", f"data.local={sample_mds['mds']}", f"data.tokenizer={sample_mds['tokenizer']}",
+        "global_train_batch_size=8", "impl.device_train_microbatch_size=8", "max_duration=2ba", "eval_interval=2ba",
+        "eval_subset_num_batches=1", "save_interval=2ba", f"run_root={tmp_path}", "run_name=pre"])
     summary = pretrain(pcfg)
     cfg = compose_glue([
         "glue=m2_bert_tiny", "start.kind=composer", f"start.path={summary['checkpoints']}",

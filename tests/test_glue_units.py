@@ -220,7 +220,6 @@ def _base(tiny_hf, tmp_path) -> list[str]:
     (["tasks=[qnli]"], "QNLI/train.tsv"),  # only QNLI's dev set is in ../shared
     (["tasks=[mnli]"], "MNLI/train.tsv"),
     (["tasks=[rte]", "chain.source_task=cola", "start.tokenizer=/no/such/tok"], "/no/such/tok"),
-    (["tasks=[cola]", "glue.cola.pooling=max"], "pooling"),
     (["tasks=[cola]", "start.kind=composer"], "composer"),
 ])
 def test_bad_input_fails_before_training(tiny_hf, tmp_path, extra, match):

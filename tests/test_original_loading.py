@@ -76,3 +76,12 @@ def test_mlm_checkpoint_into_classifier(original):
     )
     ref = M2BertForMaskedLM.from_original_checkpoint(str(shared_path("golden", "m2_tiny_golden.pt")), cfg)
     torch.testing.assert_close(clf.bert.layers[1].dimension_mixer.wo.weight, ref.bert.layers[1].dimension_mixer.wo.weight)
+
+
+def test_callers_config_is_left_unchanged(original):
+    """Loading sets padding_invariant=False (to reproduce the original) on a copy, not on the caller's config."""
+    cfg, _ = original
+    config = M2BertConfig.from_original(cfg, padding_invariant=True)
+    model = M2BertForMaskedLM.from_original_checkpoint(str(shared_path("golden", "m2_tiny_golden.pt")), config)
+    assert model.config.padding_invariant is False
+    assert config.padding_invariant is True and model.config is not config

@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 
 from m2bert.train import builders
-from tests.conftest import compose_glue
+from tests.conftest import compose_glue, compose_pretrain
 
 
 def _offline_runs(wandb_dir: Path) -> list[Path]:
@@ -55,13 +54,12 @@ def test_wandb_offline_config_console_progress_and_model_cards(sample_mds, tmp_p
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
-        pcfg = compose(config_name="pretrain", overrides=[
-            "model=m2_bert_tiny", "data=sample", f"data.local={sample_mds['mds']}",
-            f"data.tokenizer={sample_mds['tokenizer']}", "global_train_batch_size=8",
-            "impl.device_train_microbatch_size=8", "max_duration=24sp", "eval_interval=3ba", "eval_subset_num_batches=1",
-            "save_interval=3ba", "console_log_interval=1ba", "logger=wandb", "logger.mode=offline",
-            f"run_root={tmp_path}", "run_name=pre"])
+    pcfg = compose_pretrain([
+        "model=m2_bert_tiny", "data=sample", f"data.local={sample_mds['mds']}",
+        f"data.tokenizer={sample_mds['tokenizer']}", "global_train_batch_size=8",
+        "impl.device_train_microbatch_size=8", "max_duration=24sp", "eval_interval=3ba", "eval_subset_num_batches=1",
+        "save_interval=3ba", "console_log_interval=1ba", "logger=wandb", "logger.mode=offline",
+        f"run_root={tmp_path}", "run_name=pre"])
     summary = pretrain(pcfg)
     console = capfd.readouterr()
     console_text = console.out + console.err

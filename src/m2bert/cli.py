@@ -1,28 +1,55 @@
-"""How the Hydra entry points (m2bert-pretrain, m2bert-glue) end on a user's mistake.
+"""The two Hydra entry points (m2bert-pretrain, m2bert-glue): composing their config, their help, and how
+they end on a user's mistake. (The argparse tools' help is ``m2bert.cli_help``, which imports no Hydra.)
+
+Both compose from one config tree (``yamls/``), so each entry point lists only its own groups (the
+``m2bert_options`` resolver, used by the ``hydra.help`` templates in ``yamls/pretrain.yaml`` and
+``yamls/glue.yaml``) and refuses, in one line, a group that belongs to the other CLI (Hydra alone would
+suggest ``+model=...``, which fails further on).
 
 A config error, a missing path or mandatory value, or a bad value found at start-up ends the run
 with ONE line on stderr that names the key or file and the fix, exit code 2, and no empty run
 folder (Hydra creates ``<run_root>/<run_name>/hydra`` before our code runs; it is removed again
 when it holds nothing but Hydra's own files). ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
 Hydra's own composition errors (unknown key, unknown group option) keep Hydra's message, which
-names the key and the choices, and also exit with 2.
+names the key and the choices, and also exit with 2; a command-line value outside a choice is refused
+in one line before Hydra composes (:func:`check_choices`).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
+import typing
 from collections.abc import Callable
+from enum import Enum
+from importlib import resources
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from m2bert import options
 from m2bert.data.shards import ShardError
 from m2bert.options import ConfigError
 
 log = logging.getLogger(__name__)
+
+# Groups of the other CLI, with what to use instead.
+PRETRAIN_ONLY = {
+    "model": f"the model comes from start.path (start.kind={'|'.join(options.choices(options.StartKind))}); the per-task recipe "
+             "of a size is glue=<size>, e.g. glue=m2_bert_tiny",
+    "data": "GLUE data is data.source=hf|<folder with TASK/train.tsv, dev.tsv>",
+    "optimizer": "each task's optimizer is glue.<task>.optimizer (and .lr, .weight_decay)",
+    "scheduler": "the schedule is glue.scheduler.t_warmup / glue.scheduler.alpha_f",
+    "parallel": "GLUE jobs run one per GPU (gpus=[0,1,...], execution=queue)",
+    "impl": f"the speed-only switches here are impl.kernels={'|'.join(options.choices(options.Kernels))} "
+            f"and impl.compile=auto|true|false",
+}
+GLUE_ONLY = {
+    "glue": "GLUE recipes are for m2bert-glue; pretraining picks a size with model=<preset>",
+}
 
 EXIT_USAGE = 2
 # What to do about a mandatory key left at ???.
@@ -33,6 +60,89 @@ MISSING_HINTS = {
 }
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ShardError, FileNotFoundError, OmegaConfBaseException)
 _task_started = False
+
+
+def group_options(group: str) -> str:
+    """``model`` → ``bert_base, bert_tiny, m2_bert_base_110m, ...``: the YAML files of a group."""
+    folder = resources.files("m2bert.yamls").joinpath(group)
+    return ", ".join(sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")))
+
+
+def choice_values(name: str) -> str:
+    """``Kernels`` → ``auto|triton|torch``: a choice of m2bert.options, as the help templates show it."""
+    return "|".join(options.choices(getattr(options, name)))
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("m2bert_options"):
+        OmegaConf.register_new_resolver("m2bert_options", group_options)
+    if not OmegaConf.has_resolver("m2bert_choices"):
+        OmegaConf.register_new_resolver("m2bert_choices", choice_values)
+
+
+def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
+    """``yamls/<config_name>.yaml`` (``pretrain`` or ``glue``) composed with command-line style overrides, as
+    the CLI would, for calling a pipeline's ``run`` from Python (the demo, the quality study, tests)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from m2bert.glue.schema import register as register_glue
+    from m2bert.train.schema import register as register_pretrain
+
+    register_pretrain()
+    register_glue()
+    register_resolvers()
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def reject_foreign_groups(cli: str, foreign: dict[str, str], argv: list[str] | None = None) -> None:
+    """Exit 2 with one line when an override selects a group of the other CLI (``model=...`` for GLUE)."""
+    for arg in sys.argv[1:] if argv is None else argv:
+        name = arg.lstrip("+~").split("=", 1)[0]
+        if "=" in arg and name in foreign:
+            sys.stderr.write(f"{cli}: no '{name}' group here ({arg}); {foreign[name]}. See {cli} --help.\n")
+            raise SystemExit(EXIT_USAGE)
+
+
+def choice_of(schema: type, key: str) -> type[options.Choice] | None:
+    """The choice type of ``key`` (``impl.kernels``, ``glue.rte.pooling``) in a structured schema, or None."""
+    node: Any = schema
+    for part in key.split("."):
+        if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
+            return None
+        hint = typing.get_type_hints(node).get(part)
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        node = args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint  # Optional[X] → X
+    return node if isinstance(node, type) and issubclass(node, Enum) else None
+
+
+def check_choices(prog: str, schema: type, argv: list[str] | None = None) -> None:
+    """A command-line value outside a choice (``impl.kernels=fast``, also inside a sweep): one line naming the
+    key and the allowed values, exit 2. OmegaConf refuses it anyway while composing, but Hydra reports that
+    in several lines; the allowed values are the schema's, i.e. the definitions in m2bert.options."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for arg in sys.argv[1:] if argv is None else argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            override = parser.parse_override(arg)
+            choice = None if override.is_delete() else choice_of(schema, override.key_or_group)
+            if choice is None:
+                continue
+            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        except (HydraException, TypeError, ValueError):
+            continue  # Hydra reports what it cannot parse
+        allowed = options.choices(choice)
+        for value in values:
+            if not (isinstance(value, str) and (value in allowed or value.startswith("${"))):
+                fail(prog, ConfigError(f"{override.key_or_group}={value!r}; choose one of {', '.join(allowed)}"))
 
 
 def check_missing(cfg: DictConfig) -> None:

@@ -10,9 +10,15 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-LONG_CONV_IMPLS = ("fft", "monarch", "direct")
-KERNEL_CHOICES = ("auto", "triton", "torch")
-POOLINGS = ("cls", "mean")
+from m2bert.options import Kernels, LongConvImpl, Pooling, choices
+
+LONG_CONV_IMPLS = choices(LongConvImpl)
+KERNEL_CHOICES = choices(Kernels)
+POOLINGS = choices(Pooling)
+# Switches of a run, not of the model: they change speed (or how much forward checks its inputs), never the
+# results, so a saved config.json leaves them out; a run sets them (impl.kernels, impl.long_conv_impl). An
+# older config.json that holds them still loads.
+RUN_FIELDS = ("kernels", "long_conv_impl", "check_inputs")
 
 # The four released sizes (state-dict manifest of the original) plus tiny ones for tests.
 _BASE = dict(
@@ -136,10 +142,11 @@ class M2BertConfig(PretrainedConfig):
         self.use_monarch_mlp = use_monarch_mlp
         self.monarch_mlp_nblocks = monarch_mlp_nblocks
         self.use_positional_encodings = use_positional_encodings
-        self.pooling = pooling
+        # str(): a config's choice (an m2bert.options member) is stored as its plain string.
+        self.pooling = str(pooling)
         self.padding_invariant = padding_invariant
-        self.long_conv_impl = long_conv_impl
-        self.kernels = kernels
+        self.long_conv_impl = str(long_conv_impl)
+        self.kernels = str(kernels)
         # Value checks of ids/masks in forward (m2bert.model.inputs): None = on CPU tensors only (no device
         # sync), True = always (debugging; syncs on GPU), False = never. Shape checks always run.
         self.check_inputs = check_inputs
@@ -168,9 +175,12 @@ class M2BertConfig(PretrainedConfig):
                         f"{name}={getattr(self, name)} is not divisible by monarch_mlp_nblocks={self.monarch_mlp_nblocks}"
                     )
 
-    @classmethod
-    def preset_names(cls) -> list[str]:
-        return sorted(PRESETS)
+    def to_dict(self) -> dict[str, Any]:
+        """The model's semantics, as ``save_pretrained`` writes them: without the run's switches (RUN_FIELDS)."""
+        d = super().to_dict()
+        for key in RUN_FIELDS:
+            d.pop(key, None)
+        return d
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "M2BertConfig":

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from m2bert import cli_help
+from m2bert import cli, cli_help
 
 log = logging.getLogger("m2bert.demo")
 
@@ -41,8 +41,6 @@ def build_data(out: Path, vocab_size: int) -> dict[str, Path]:
 
 
 def pretrain(paths: dict[str, Path], out: Path, batches: int, model: str) -> dict[str, Any]:
-    from hydra import compose, initialize_config_module
-
     from m2bert.pretrain import run
 
     overrides = [
@@ -53,14 +51,12 @@ def pretrain(paths: dict[str, Path], out: Path, batches: int, model: str) -> dic
         f"console_log_interval={max(batches // 10, 1)}ba", f"run_root={out / 'runs'}", "run_name=demo-pretrain",
         "overwrite=true",  # the demo is rerun into the same folder
     ]
-    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
-        cfg = compose(config_name="pretrain", overrides=overrides)
-    return run(cfg)
+    return run(cli.compose("pretrain", overrides))
 
 
 def finetune(paths: dict[str, Path], out: Path, hf_dir: str, subset: int | None = None) -> dict[str, Any]:
     """The GLUE driver on the sample's derived tasks (same code path as the GLUE table)."""
-    from m2bert.glue.driver import compose_config, run
+    from m2bert.glue.driver import run
 
     overrides = [
         "glue=m2_bert_tiny", f"start.path={hf_dir}", "start.kind=hf", f"data.source={paths['glue']}",
@@ -70,7 +66,7 @@ def finetune(paths: dict[str, Path], out: Path, hf_dir: str, subset: int | None 
     ]
     if subset is not None:
         overrides.append(f"train_subset={subset}")
-    return run(compose_config(overrides))
+    return run(cli.compose("glue", overrides))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,10 +1,94 @@
-"""What every configuration shares: the start-up error type.
+"""What every configuration shares: the start-up error type and the allowed values of each choice.
 
 A ``ConfigError`` is a user's configuration problem found before heavy work starts; the CLIs print it as
 one line and exit 2 (``m2bert.cli``).
+
+Each choice is defined once, here, as an ``Enum`` whose member names are the command-line strings. The
+structured schemas (``m2bert.train.schema``, ``m2bert.glue.schema``) type their fields with these, so
+OmegaConf refuses any other value while Hydra composes the config (OmegaConf 2.3 refuses ``Literal``
+annotations outright, but validates ``Enum`` fields: a value is accepted by its member name), and
+``m2bert.config`` checks model fields against the same definitions (:func:`choices`).
 """
 from __future__ import annotations
+
+from enum import Enum
 
 
 class ConfigError(ValueError):
     """A configuration problem found at start-up, before any heavy work."""
+
+
+class Choice(str, Enum):
+    """A value out of a fixed set that compares, prints and serialises (JSON) as its plain string, so code
+    downstream of the config sees ``"auto"`` whether it got the member or the string."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Kernels(Choice):
+    """The fused Triton kernels: ``auto`` = on CUDA when they pass their self-check, PyTorch elsewhere."""
+
+    auto = "auto"
+    triton = "triton"
+    torch = "torch"
+
+
+class LongConvImpl(Choice):
+    """How the long convolution is computed (m2bert.model.long_conv); all three give the same result."""
+
+    fft = "fft"
+    monarch = "monarch"
+    direct = "direct"
+
+
+class Pooling(Choice):
+    """The sequence representation a classifier reads: the [CLS] token, or the mean (the original's pool_all)."""
+
+    cls = "cls"
+    mean = "mean"
+
+
+class ModelFamily(Choice):
+    """M2-BERT, or the Transformer baseline (transformers' BERT)."""
+
+    m2 = "m2"
+    bert = "bert"
+
+
+class Optimizer(Choice):
+    decoupled_adamw = "decoupled_adamw"
+    adamw = "adamw"
+
+
+class Scheduler(Choice):
+    linear_decay_with_warmup = "linear_decay_with_warmup"
+    constant_with_warmup = "constant_with_warmup"
+
+
+class Parallel(Choice):
+    ddp = "ddp"
+    fsdp = "fsdp"
+
+
+class StartKind(Choice):
+    """A GLUE start: our Hugging Face export, our Composer checkpoint, or an original M2-BERT checkpoint."""
+
+    hf = "hf"
+    composer = "composer"
+    original = "original"
+
+
+class StartFrom(Choice):
+    """Where a GLUE task starts: the pretrained model, or the chain source task's (MNLI's) first seed."""
+
+    pretrained = "pretrained"
+    mnli = "mnli"
+
+
+def choices(choice: type[Choice]) -> tuple[str, ...]:
+    """The allowed strings of a choice, in definition order: ``choices(Kernels)`` → ``("auto", "triton", "torch")``."""
+    return tuple(member.value for member in choice)

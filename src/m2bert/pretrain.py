@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from m2bert import cli
 from m2bert.atomic import atomic_write_json
 from m2bert.options import ConfigError
-from m2bert.cli_help import GLUE_ONLY, register_resolvers, reject_foreign_groups
-from m2bert.train.schema import register
+from m2bert.cli import GLUE_ONLY, register_resolvers, reject_foreign_groups
+from m2bert.train.schema import PretrainConfig, register
 
 log = logging.getLogger("m2bert.pretrain")
 register()
@@ -188,6 +188,7 @@ def main() -> None:
     """The ``m2bert-pretrain`` console script: the other CLI's groups are refused, and user errors are one
     line on stderr, exit 2."""
     reject_foreign_groups("m2bert-pretrain", GLUE_ONLY)
+    cli.check_choices("m2bert-pretrain", PretrainConfig)
     cli.entry(hydra_main)
 
 

@@ -29,12 +29,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from m2bert.cli_help import PRETRAIN_ONLY, register_resolvers, reject_foreign_groups
 from m2bert import cli
+from m2bert.cli import PRETRAIN_ONLY, register_resolvers, reject_foreign_groups
 from m2bert.glue.schema import (
-    OPTIMIZERS,
-    POOLINGS,
-    START_FROM,
     GlueConfig,
     StartConfig,
     TaskSettings,
@@ -56,13 +53,7 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
                               "tasks=[sample-ss,sample-pair]", "train_subset=256", "max_duration=20ba"])
         results = run(cfg)   # results["table"], results["paths"], results["glue_average"], ...
     """
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name="glue", overrides=list(overrides or []))
-    with initialize_config_module(config_module="m2bert.yamls", version_base=None):
-        return compose(config_name="glue", overrides=list(overrides or []))
+    return cli.compose("glue", overrides)
 
 
 def settings_key(task: str) -> str:
@@ -93,9 +84,7 @@ def task_settings(config: GlueConfig, task: str) -> TaskSettings:
     if s is None:
         raise ConfigError(f"{key} is not set in this recipe (glue.model_size={config.glue.model_size}); "
                           f"add it to the glue/ YAML or pick a recipe that has it")
-    for name, allowed in (("optimizer", OPTIMIZERS), ("pooling", POOLINGS), ("start_from", START_FROM)):
-        if getattr(s, name) not in allowed:
-            raise ConfigError(f"{key}.{name}={getattr(s, name)!r}; choose one of {list(allowed)}")
+    # optimizer, pooling, start_from: checked by the schema's types at composition
     if not s.seeds:
         raise ConfigError(f"{key}.seeds is empty")
     return s
@@ -168,7 +157,7 @@ def check_choices(config: GlueConfig) -> None:
         raise ConfigError(f"save_final={config.save_final!r}; choose chain, all or none")
     if config.execution not in ("auto", "serial", "queue"):
         raise ConfigError(f"execution={config.execution!r}; choose auto, serial or queue")
-    normalize_compile(config.compile, "compile")
+    normalize_compile(config.impl.compile, "impl.compile")
 
 
 def run(cfg: DictConfig | GlueConfig, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -264,6 +253,7 @@ def main() -> None:
     """The ``m2bert-glue`` console script: pretraining's groups (``model=...``) are refused, and user errors
     are one line on stderr, exit 2."""
     reject_foreign_groups("m2bert-glue", PRETRAIN_ONLY)
+    cli.check_choices("m2bert-glue", GlueConfig)
     cli.entry(hydra_main)
 
 

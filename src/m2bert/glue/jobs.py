@@ -113,7 +113,7 @@ def job_model(spec: JobSpec, task: GlueTask, start: Start) -> torch.nn.Module:
     from composer.utils import reproducibility
 
     reproducibility.seed_all(spec.seed)
-    model = load_classifier(start, task.num_labels, spec.settings.pooling, spec.config.kernels)
+    model = load_classifier(start, task.num_labels, spec.settings.pooling, spec.config.impl.kernels)
     if task.label_names is not None:  # the export's pipeline then answers with GLUE's label names
         model.config.id2label = dict(enumerate(task.label_names))
         model.config.label2id = {name: i for i, name in enumerate(task.label_names)}
@@ -153,7 +153,7 @@ def job_trainer(spec: JobSpec, task: GlueTask, start: Start, composer_model: Any
                         sampler=dist.get_sampler(data.train, shuffle=True, seed=spec.seed), collate_fn=data.collate_fn)
     optimizer = build_optimizer(composer_model.model, spec)
     scheduler = builders.build_scheduler(cfg.glue.scheduler)  # type: ignore[arg-type]  # read by attribute
-    compile_config = composer_compile_config(cfg.compile, device, key="compile")
+    compile_config = composer_compile_config(cfg.impl.compile, device, key="impl.compile")
     log.info("%s round %d: lr %g, wd %g, %s, %s, batch %d, pooling %s, %d train rows, start %s (%s)",
              spec.name, spec.round, s.lr, s.weight_decay, s.optimizer, spec.duration(), s.batch_size, s.pooling,
              len(data.train), start.path, start.kind)

@@ -18,13 +18,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from m2bert.options import ConfigError
+from m2bert.options import ConfigError, Kernels, Optimizer, Pooling, StartFrom, StartKind
 from m2bert.train.schema import LoggerConfig
-
-START_KINDS = ("hf", "composer", "original")
-START_FROM = ("pretrained", "mnli")  # "mnli": the chain source task's first seed (chain.source_task)
-POOLINGS = ("cls", "mean")
-OPTIMIZERS = ("decoupled_adamw", "adamw")
 
 
 @dataclass
@@ -34,12 +29,12 @@ class TaskSettings:
     seeds: list[int] = field(default_factory=lambda: [19])
     lr: float = 5e-5
     weight_decay: float = 5e-6
-    optimizer: str = "decoupled_adamw"  # decoupled_adamw | adamw
+    optimizer: Optimizer = Optimizer.decoupled_adamw
     epochs: int = 3
     max_duration: Optional[str] = None  # a Composer time string ("10ba", "2ep"); overrides epochs
     batch_size: int = 32
-    pooling: str = "cls"  # cls | mean (the original's pool_all)
-    start_from: str = "pretrained"  # pretrained | mnli (= the chain source, ``chain.source_task``, whatever it is)
+    pooling: Pooling = Pooling.cls  # mean: the original's pool_all
+    start_from: StartFrom = StartFrom.pretrained  # mnli: the chain source (``chain.source_task``, whatever it is)
     train_subset: Optional[int] = None  # first N rows of a fixed shuffle of train; overrides the global one
 
 
@@ -82,7 +77,7 @@ class GlueRecipe:
 class StartConfig:
     """The starting checkpoint. ``config``/``tokenizer`` default to what sits beside it (see glue.start)."""
 
-    kind: str = "hf"  # hf | composer | original
+    kind: StartKind = StartKind.hf
     path: str = MISSING
     config: Optional[str] = None  # HF dir / config.json; for original: a JSON or a .pt holding io['config']
     tokenizer: Optional[str] = None  # tokenizer dir, vocab.txt or hub id
@@ -105,6 +100,14 @@ class ChainConfig:
     source_task: str = "mnli"
     enabled: bool = True  # false: every task starts from the pretrained checkpoint
     checkpoint: Optional[str] = None  # an existing fine-tuned source model (HF dir): skip running the source
+
+
+@dataclass
+class ImplConfig:
+    """Speed-only switches, by the names pretraining gives them (``impl.kernels``, ``impl.compile``)."""
+
+    kernels: Kernels = Kernels.auto
+    compile: str = "auto"  # auto = on for CUDA, off on CPU | true | false (a str: Hydra reads true as a bool)
 
 
 @dataclass
@@ -132,8 +135,7 @@ class GlueConfig:
     console_log_interval: str = "50ba"
     published: Optional[str] = None  # a published.json to compare with; default: the copy inside the package
     plot: bool = True
-    kernels: str = "auto"  # speed-only (as impl.kernels in pretraining)
-    compile: str = "auto"  # speed-only (as impl.compile in pretraining): auto = on for CUDA, off on CPU
+    impl: ImplConfig = field(default_factory=ImplConfig)
 
 
 def register() -> None:

@@ -7,6 +7,7 @@ tied to the word embeddings) and ``position_ids`` is a constant we do not store.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import pickle
@@ -101,6 +102,8 @@ def load_original_checkpoint(cls: type[M], path: str | os.PathLike, config: M2Be
     """Build ``cls`` from an original checkpoint; unknown or missing keys are an error that lists them."""
     if isinstance(config, dict):
         config = M2BertConfig.from_original(config)
+    else:
+        config = copy.deepcopy(config)  # the caller's config stays as it was
     config.padding_invariant = False  # reproduce the original exactly
     state = read_original_state_dict(path)
     model = cls(config)  # type: ignore[call-arg]

@@ -25,6 +25,11 @@ BERT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def max_length(config: M2BertConfig) -> int:
+    """The longest input an M2 model takes: its position table's and its filters' length, whichever is shorter."""
+    return min(config.max_position_embeddings, config.long_conv_l_max)
+
+
 def vocab_size_for(tokenizer_len: int, overrides: dict[str, Any]) -> int:
     """The tokenizer's size padded to a multiple of 8 (30522 → 30528), unless overridden."""
     if "vocab_size" in overrides:
@@ -44,16 +49,19 @@ def build_mlm_model(model_cfg: DictConfig, impl_cfg: DictConfig, tokenizer_len: 
     if model_cfg.family == "m2":
         from m2bert import M2BertForMaskedLM
 
-        overrides.setdefault("kernels", impl_cfg.kernels)
-        overrides.setdefault("long_conv_impl", impl_cfg.long_conv_impl)
-        if max_seq_len > 128 and "max_length" not in overrides:
-            overrides["max_length"] = max_seq_len
+        overrides.update(kernels=str(impl_cfg.kernels), long_conv_impl=str(impl_cfg.long_conv_impl))
         try:
             config = M2BertConfig.from_preset(model_cfg.preset, **overrides)
+            if max_seq_len > max_length(config) and "max_length" not in overrides:
+                # Longer data than the preset's length lengthens its position table and filters (fields set in
+                # overrides still win; a model left too short is refused below).
+                config = M2BertConfig.from_preset(model_cfg.preset, **{"max_length": max_seq_len, **overrides})
         except ValueError as e:
             raise ConfigError(f"model: {e}") from e
-        if max_seq_len > config.long_conv_l_max:
-            raise ConfigError(f"data.max_seq_len={max_seq_len} exceeds the model's long_conv_l_max={config.long_conv_l_max}")
+        if max_seq_len > max_length(config):
+            raise ConfigError(f"data.max_seq_len={max_seq_len} exceeds the model's length {max_length(config)} "
+                              f"(long_conv_l_max={config.long_conv_l_max}, "
+                              f"max_position_embeddings={config.max_position_embeddings})")
         return M2BertForMaskedLM(config)
     if model_cfg.family == "bert":
         from transformers import BertConfig
@@ -95,7 +103,7 @@ def build_scheduler(cfg: DictConfig) -> Any:
     if cfg.name == "linear_decay_with_warmup":
         return LinearWithWarmupScheduler(t_warmup=cfg.t_warmup, alpha_f=cfg.alpha_f)
     if cfg.name == "constant_with_warmup":
-        return ConstantWithWarmupScheduler(t_warmup=cfg.t_warmup)
+        return ConstantWithWarmupScheduler(t_warmup=cfg.t_warmup, alpha=cfg.alpha_f)  # the level after warm-up
     raise ConfigError(f"scheduler.name={cfg.name!r}; choose linear_decay_with_warmup or constant_with_warmup")
 
 

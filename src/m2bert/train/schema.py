@@ -2,7 +2,8 @@
 
 Hydra merges the YAML tree onto these dataclasses in struct mode, so an unknown or
 misspelled key, or a value of the wrong type, stops the run at start-up with the key's
-full name. Each group (model/, data/, optimizer/, scheduler/, parallel/, impl/, logger/)
+full name; so does a value outside a choice (``impl.kernels=fast``): choice fields are typed with the
+one definition of their values in ``m2bert.options``. Each group (model/, data/, optimizer/, scheduler/, parallel/, impl/, logger/)
 holds one user decision; ``impl`` holds the speed-only switches, apart from model semantics.
 """
 from __future__ import annotations
@@ -13,18 +14,15 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-MODEL_FAMILIES = ("m2", "bert")
-OPTIMIZERS = ("decoupled_adamw", "adamw")
-SCHEDULERS = ("linear_decay_with_warmup", "constant_with_warmup")
-PARALLEL = ("ddp", "fsdp")
-PRECISIONS = ("auto", "fp32", "amp_bf16", "amp_fp16")
+from m2bert.options import Kernels, LongConvImpl, ModelFamily, Optimizer, Parallel, Scheduler
 
 
 @dataclass
 class ModelConfig:
-    family: str = MISSING  # m2 | bert (the Transformer baseline, transformers' BertForMaskedLM)
+    family: ModelFamily = MISSING  # m2 | bert (the Transformer baseline, transformers' BertForMaskedLM)
     preset: str = MISSING  # an M2BertConfig preset, or bert-base / bert-tiny
-    overrides: dict[str, Any] = field(default_factory=dict)  # any field of the model config
+    # any field of the model config, except the run's switches under impl (impl.kernels, not overrides.kernels)
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -44,7 +42,7 @@ class DataConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "decoupled_adamw"
+    name: Optimizer = Optimizer.decoupled_adamw
     lr: float = 8e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
@@ -53,14 +51,14 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
-    name: str = "linear_decay_with_warmup"
+    name: Scheduler = Scheduler.linear_decay_with_warmup
     t_warmup: str = "0.06dur"
-    alpha_f: float = 0.02
+    alpha_f: float = 0.02  # the LR multiplier at the end (linear decay's target; constant_with_warmup's level)
 
 
 @dataclass
 class ParallelConfig:
-    name: str = "ddp"
+    name: Parallel = Parallel.ddp
     fsdp: dict[str, Any] = field(default_factory=dict)  # passed to Composer's parallelism_config
 
 
@@ -68,9 +66,11 @@ class ParallelConfig:
 class ImplConfig:
     """Speed-only switches: results are the same (to numerical precision) whatever they are."""
 
-    kernels: str = "auto"  # auto | triton | torch
-    compile: str = "auto"  # auto (on for CUDA, off on CPU) | true | false: torch.compile (m2bert.train.torch_compile)
-    long_conv_impl: str = "fft"  # fft | monarch | direct
+    kernels: Kernels = Kernels.auto
+    # auto (on for CUDA, off on CPU) | true | false: torch.compile (m2bert.train.torch_compile). A str, not a
+    # choice: Hydra reads impl.compile=true as a bool, which m2bert.train.torch_compile.normalize accepts.
+    compile: str = "auto"
+    long_conv_impl: LongConvImpl = LongConvImpl.fft
     device_train_microbatch_size: int = 128
 
 

@@ -54,6 +54,9 @@ def check_pretrain(cfg: Any) -> None:
                          ("device_eval_batch_size", cfg.device_eval_batch_size),
                          ("impl.device_train_microbatch_size", cfg.impl.device_train_microbatch_size),
                          ("data.max_seq_len", cfg.data.max_seq_len)])
+    for key in sorted(set(cfg.model.overrides) & set(cfg.impl)):  # the run's switches have one name: impl.<key>
+        raise ConfigError(f"model.overrides.{key} is a switch of the run, not of the model: use impl.{key}="
+                          f"{cfg.model.overrides[key]} instead")
     if cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers={cfg.data.num_workers} must be >= 0")
     check_time("max_duration", cfg.max_duration)
