@@ -57,6 +57,8 @@ def test_pretrain_value_error_in_a_subprocess(tmp_path):
     ("max_duration=abc", r"max_duration='abc' is not a positive Composer duration.*e.g. max_duration=1000ba"),
     ("optimizer.betas=[0.9,1.2]", r"optimizer.betas=\[0.9, 1.2\] must be two numbers in \[0, 1\)"),
     ("eval_subset_num_batches=0", r"eval_subset_num_batches=0: use -1 .* or a number of batches >= 1"),
+    ("+optimizer.lrr=1e-3", r"optimizer.lrr \(did you mean optimizer.lr\?\): no such pretraining setting"),
+    ("+max_durations=10ba", r"max_durations \(did you mean max_duration\?\): no such pretraining setting"),
 ])
 def test_pretrain_config_errors_are_one_line(tmp_path, override, expect, monkeypatch, capsys):
     import re
@@ -86,6 +88,9 @@ def test_pretrain_config_errors_are_one_line(tmp_path, override, expect, monkeyp
      "pretrained, mnli"),
     ("m2bert.glue.driver", "m2bert-glue", "glue.rte.optimizer=sgd", "glue.rte.optimizer='sgd'; choose one of"),
     ("m2bert.glue.driver", "m2bert-glue", "start.kind=onnx", "start.kind='onnx'; choose one of hf, composer, original"),
+    ("m2bert.glue.driver", "m2bert-glue", "save_final=best", "save_final='best'; choose one of chain, all, none"),
+    ("m2bert.glue.driver", "m2bert-glue", "execution=parallel", "execution='parallel'; choose one of auto, serial, queue"),
+    ("m2bert.glue.driver", "m2bert-glue", "glue.scheduler.name=cosine", "glue.scheduler.name='cosine'; choose one of"),
 ])
 def test_a_bad_choice_is_one_line_naming_key_and_choices(tmp_path, module, prog, override, expect, monkeypatch, capsys):
     import importlib

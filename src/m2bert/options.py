@@ -11,7 +11,12 @@ annotations outright, but validates ``Enum`` fields: a value is accepted by its 
 """
 from __future__ import annotations
 
+import difflib
+import types
+import typing
+from dataclasses import is_dataclass
 from enum import Enum
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -87,6 +92,47 @@ class StartFrom(Choice):
 
     pretrained = "pretrained"
     mnli = "mnli"
+
+
+class SaveFinal(Choice):
+    """Which fine-tuned GLUE models are exported: only the chain source's first seed, all, or none."""
+
+    chain = "chain"
+    all = "all"
+    none = "none"
+
+
+class Execution(Choice):
+    """How GLUE jobs run: the GPU queue when more than one GPU id (auto), one after another, or the queue."""
+
+    auto = "auto"
+    serial = "serial"
+    queue = "queue"
+
+
+def unknown_keys(cfg: Any, schema: type, prefix: str = "") -> list[str]:
+    """Keys of ``cfg`` (a DictConfig) that ``schema`` (a dataclass, walked recursively) does not have.
+
+    Hydra's ``+key=value`` adds a key to a structured config even in struct mode, so a misspelt
+    ``+glue.rte.lrr=1e-5`` would otherwise be carried along and never read.
+    """
+    from omegaconf import DictConfig
+
+    hints = typing.get_type_hints(schema)
+    out: list[str] = []
+    for key in cfg.keys():
+        name = f"{prefix}{key}"
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), list(hints), n=1)
+            out.append(f"{name} (did you mean {prefix}{close[0]}?)" if close else name)
+            continue
+        kind = hints[key]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # Optional[X]
+            kind = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        value = cfg[key]
+        if is_dataclass(kind) and isinstance(value, DictConfig):
+            out += unknown_keys(value, kind, f"{name}.")
+    return out
 
 
 def choices(choice: type[Choice]) -> tuple[str, ...]:

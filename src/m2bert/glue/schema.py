@@ -9,16 +9,24 @@ they are, down to the optimizer; a key Hydra's ``+key=value`` slipped past the s
 """
 from __future__ import annotations
 
-import difflib
-import types
-import typing
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from m2bert.options import ConfigError, Kernels, Optimizer, Pooling, StartFrom, StartKind
+from m2bert.options import (
+    ConfigError,
+    Execution,
+    Kernels,
+    Optimizer,
+    Pooling,
+    SaveFinal,
+    Scheduler,
+    StartFrom,
+    StartKind,
+    unknown_keys,
+)
 from m2bert.train.schema import LoggerConfig
 
 
@@ -48,7 +56,7 @@ class OptimizerShared:
 
 @dataclass
 class SchedulerShared:
-    name: str = "linear_decay_with_warmup"  # or constant_with_warmup (m2bert.train.builders.build_scheduler)
+    name: Scheduler = Scheduler.linear_decay_with_warmup  # m2bert.train.builders.build_scheduler
     t_warmup: str = "0.06dur"
     alpha_f: float = 0.0  # decay to 0
 
@@ -127,11 +135,11 @@ class GlueConfig:
     device: str = "auto"  # auto | cpu | gpu
     precision: str = "auto"  # amp_bf16 on GPU, fp32 on CPU
     gpus: Optional[list[int]] = None  # GPU ids for the job queue; null = all visible GPUs
-    execution: str = "auto"  # auto (the GPU queue when >1 GPU id, else serial) | serial | queue
+    execution: Execution = Execution.auto  # auto (the GPU queue when >1 GPU id, else serial) | serial | queue
     device_eval_batch_size: int = 128
     device_train_microbatch_size: Optional[int] = None  # null = the task's batch size
     grad_clip_norm: float = 0.0  # the original's GLUE jobs do not clip
-    save_final: str = "chain"  # chain (only the chain source's first seed) | all | none
+    save_final: SaveFinal = SaveFinal.chain  # chain (only the chain source's first seed) | all | none
     console_log_interval: str = "50ba"
     published: Optional[str] = None  # a published.json to compare with; default: the copy inside the package
     plot: bool = True
@@ -140,29 +148,6 @@ class GlueConfig:
 
 def register() -> None:
     ConfigStore.instance().store(name="glue_schema", node=GlueConfig)
-
-
-def unknown_keys(cfg: DictConfig, schema: type, prefix: str = "") -> list[str]:
-    """Keys of ``cfg`` that ``schema`` (a dataclass, walked recursively) does not have.
-
-    Hydra's ``+key=value`` adds a key to a structured config even in struct mode, so a misspelt
-    ``+glue.rte.lrr=1e-5`` would otherwise be carried along and never read.
-    """
-    hints = typing.get_type_hints(schema)
-    out: list[str] = []
-    for key in cfg.keys():
-        name = f"{prefix}{key}"
-        if key not in hints:
-            close = difflib.get_close_matches(str(key), list(hints), n=1)
-            out.append(f"{name} (did you mean {prefix}{close[0]}?)" if close else name)
-            continue
-        kind = hints[key]
-        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # Optional[X]
-            kind = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-        value = cfg[key]
-        if is_dataclass(kind) and isinstance(value, DictConfig):
-            out += unknown_keys(value, kind, f"{name}.")
-    return out
 
 
 def to_glue_config(cfg: DictConfig) -> GlueConfig:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from m2bert.options import ConfigError
+from m2bert.options import ConfigError, unknown_keys
 
 # Composer's time units (composer.core.time.TimeUnit) and its "number followed by a unit" rule
 # (Time.from_timestring), plus its timedelta form (1h30m); checked without importing Composer.
@@ -50,6 +50,12 @@ def check_betas(key: str, betas: Any) -> None:
 
 def check_pretrain(cfg: Any) -> None:
     """Every value-level check of a pretraining config (the schema already checked keys and types)."""
+    from m2bert.train.schema import PretrainConfig
+
+    unknown = unknown_keys(cfg, PretrainConfig)  # added with +key=value: struct mode lets those through
+    if unknown:
+        raise ConfigError(f"{'; '.join(unknown)}: no such pretraining setting; the settings and their values: "
+                          "m2bert-pretrain --cfg job")
     check_positive_ints([("global_train_batch_size", cfg.global_train_batch_size),
                          ("device_eval_batch_size", cfg.device_eval_batch_size),
                          ("impl.device_train_microbatch_size", cfg.impl.device_train_microbatch_size),
