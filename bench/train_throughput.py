@@ -37,6 +37,15 @@ def build(family: str, preset: str, length: int) -> tuple[ComposerMLM, torch.opt
     return ComposerMLM(model).train(), build_optimizer(model, OmegaConf.create(opt_cfg))
 
 
+def mlm_batch(batch: int, length: int) -> dict[str, torch.Tensor]:
+    """A fixed random MLM batch: 30% of the positions masked, as in pretraining."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 30000, (batch, length), generator=g)
+    labels = torch.where(torch.rand(ids.shape, generator=g) < 0.3, ids, torch.full_like(ids, -100))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+            "labels": labels}
+
+
 def train_step(wrapped: ComposerMLM, forward: Any, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> float:
     t0 = time.perf_counter()
     loss = wrapped.loss(forward(batch), batch)
@@ -75,10 +84,7 @@ def main() -> None:
                    help="both: each model eager and compiled, the best of each compared; true/false: one setting")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, 30000, (args.batch, args.length), generator=g)
-    labels = torch.where(torch.rand(ids.shape, generator=g) < 0.3, ids, torch.full_like(ids, -100))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids), "labels": labels}
+    batch = mlm_batch(args.batch, args.length)
     settings = {"both": ("eager", "compiled"), "true": ("compiled",), "false": ("eager",)}[args.compile]
     models: dict[str, tuple[ComposerMLM, Any, torch.optim.Optimizer]] = {}
     for family, preset in (("m2", args.m2), ("bert", args.bert)):

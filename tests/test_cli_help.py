@@ -96,6 +96,7 @@ def _argparse_help(name: str, monkeypatch, capsys) -> str:
     ("kernels", ["(default: bf16)", "sequences per batch (default: 32)"]),
     ("loader_throughput", ["tokens per sequence (default: 128)"]),
     ("train_throughput", ["tokens per sequence (default: 128)"]),
+    ("profile_train", ["operators listed per model (default: 12)"]),
 ])
 def test_argparse_help_shows_defaults_without_rest_markup(monkeypatch, capsys, name, expected):
     text = _argparse_help(name, monkeypatch, capsys)
