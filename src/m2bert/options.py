@@ -116,7 +116,7 @@ def unknown_keys(cfg: Any, schema: type, prefix: str = "") -> list[str]:
     Hydra's ``+key=value`` adds a key to a structured config even in struct mode, so a misspelt
     ``+glue.rte.lrr=1e-5`` would otherwise be carried along and never read.
     """
-    from omegaconf import DictConfig
+    from omegaconf import DictConfig, OmegaConf
 
     hints = typing.get_type_hints(schema)
     out: list[str] = []
@@ -129,8 +129,10 @@ def unknown_keys(cfg: Any, schema: type, prefix: str = "") -> list[str]:
         kind = hints[key]
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # Optional[X]
             kind = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        if not is_dataclass(kind) or OmegaConf.is_missing(cfg, key):  # values are never read: ??? and ${…} stay as they are
+            continue
         value = cfg[key]
-        if is_dataclass(kind) and isinstance(value, DictConfig):
+        if isinstance(value, DictConfig):
             out += unknown_keys(value, kind, f"{name}.")
     return out
 
