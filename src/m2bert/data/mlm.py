@@ -14,7 +14,9 @@ import hashlib
 import json
 import logging
 import os
+import random
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +106,11 @@ def detect_format(index_path: str | os.PathLike[str]) -> ShardFormat:
     raise ValueError(f"{index_path}: columns {names} are neither 'text' (raw) nor 'tokens' (pre-tokenised)")
 
 
+# Streaming gives each dataset in a machine the lowest free shared-memory prefix; two processes creating theirs at
+# the same instant (two runs started together) can pick the same one, and the second fails with FileExistsError.
+_SHM_ATTEMPTS = 5
+
+
 class MLMStreamingDataset(StreamingDataset):
     """Yields dicts of int64 ``input_ids``/``attention_mask``/``token_type_ids`` (length ``max_seq_len``).
 
@@ -119,7 +126,15 @@ class MLMStreamingDataset(StreamingDataset):
         if self.shard_format.mode == "tokens" and self.shard_format.row_len not in (None, max_seq_len):
             raise ValueError(f"{self.shard_format.index_path}: rows are {self.shard_format.row_len} tokens, but "
                              f"max_seq_len={max_seq_len}; re-convert with --concat-tokens {max_seq_len}")
-        super().__init__(local=local, remote=remote, split=split, **kwargs)
+        for attempt in range(_SHM_ATTEMPTS):
+            try:
+                super().__init__(local=local, remote=remote, split=split, **kwargs)
+                break
+            except FileExistsError:  # two jobs starting at once picked the same shared-memory prefix
+                if attempt == _SHM_ATTEMPTS - 1:
+                    raise
+                log.info("streaming's shared-memory prefix was taken by another job starting at the same time; retrying")
+                time.sleep(0.2 + random.random())
         self.tokenizer = tokenizer
         self.max_seq_len = max_seq_len
         self.vocab_size = len(tokenizer)
