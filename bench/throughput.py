@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 from typing import Any, Callable
 
@@ -59,8 +60,8 @@ def build_bert(preset: str, length: int, vocab: int, device: str, dtype: torch.d
     return BertForMaskedLM(cfg).to(device=device, dtype=dtype).eval()
 
 
-def time_side_by_side(fns: dict[str, Callable[[], Any]], device: str, warmup: int, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each function; calls alternate (order reversed every round) so that every
+def time_side_by_side(fns: dict[str, Callable[[], Any]], device: str, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds of each timed call of each function, by round; calls alternate (order reversed every round) so that every
     function sees the same machine: on a shared CPU, back-to-back runs differ by ±10%."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     times: dict[str, list[float]] = {name: [] for name in fns}
@@ -78,7 +79,11 @@ def time_side_by_side(fns: dict[str, Callable[[], Any]], device: str, warmup: in
                 fns[name]()
                 sync()
                 times[name].append(time.perf_counter() - t0)
-    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    return times
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def forward_call(model: torch.nn.Module, batch: int, length: int, vocab: int, device: str) -> Callable[[], Any]:
@@ -98,6 +103,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bert_preset = args.bert_preset or bert_preset_for(args.preset)
     results: dict[str, Any] = {
         "benchmark": "forward throughput, MLM head included; calls alternate between the models",
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "command": "python bench/throughput.py " + " ".join(args.argv),
         "device": device,
         "dtype": args.dtype,
         "m2_preset": args.preset,
@@ -127,7 +134,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
                     fn = compile_module(model, dynamic=False)
                 fns[f"{name}_{setting}"] = forward_call(fn, batches[name], length, vocab, device)
-        secs = time_side_by_side(fns, device, args.warmup, args.repeats)
+        rounds = time_side_by_side(fns, device, args.warmup, args.repeats)
+        secs = {name: median(ts) for name, ts in rounds.items()}
         row: dict[str, Any] = {"m2_batch": batches["m2"], "bert_batch": batches["bert"]}
         for name in models:
             per_setting = {setting: secs[f"{name}_{setting}"] for setting in settings}
@@ -139,6 +147,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row[f"{name}_tok_per_ms"] = round(batches[name] * length / (per_setting[best] * 1e3), 3)
             row[f"{name}_ms_per_batch"] = round(per_setting[best] * 1e3, 2)
         row["ratio"] = round(row["m2_tok_per_ms"] / row["bert_tok_per_ms"], 3)
+        # The spread: the ratio within each round of the alternation (best settings, per token).
+        per_round = [(batches["m2"] / m) / (batches["bert"] / b)
+                     for m, b in zip(rounds[f"m2_{row['m2_best']}"], rounds[f"bert_{row['bert_best']}"])]
+        row["ratio_per_round"] = {"min": round(min(per_round), 3), "median": round(median(per_round), 3),
+                                  "max": round(max(per_round), 3)}
         results["lengths"][str(length)] = row
         log.info("L=%d %s", length, row)
         del models, fns
@@ -165,6 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", default=None, help="write the results here too")
     args = p.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
     if args.dtype is None:
         args.dtype = "bf16" if args.device.startswith("cuda") else "fp32"
     return args
@@ -176,9 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     results = run(args)
     text = json.dumps(results, indent=2)
     if args.json:
+        from m2bert.atomic import atomic_write_json
+
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
+        atomic_write_json(args.json, results)
     print(text)  # the JSON on stdout is this tool's output
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
+import sys
 import time
 from typing import Any
 
@@ -56,9 +58,9 @@ def train_step(wrapped: ComposerMLM, forward: Any, opt: torch.optim.Optimizer, b
 
 
 def measure(models: dict[str, tuple[ComposerMLM, Any, torch.optim.Optimizer]], batch: dict[str, torch.Tensor],
-            steps: int, warmup: int) -> dict[str, float]:
-    """Median tokens/s per model and setting; steps alternate between them so that all see the
-    same machine (on a shared 2-core machine, back-to-back runs differ by ±10%)."""
+            steps: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of each timed step per model and setting; steps alternate between them so that all see
+    the same machine (on a shared 2-core machine, back-to-back runs differ by ±10%)."""
     times: dict[str, list[float]] = {name: [] for name in models}
     for i in range(warmup + steps):
         for name, (wrapped, forward, opt) in models.items():
@@ -68,7 +70,11 @@ def measure(models: dict[str, tuple[ComposerMLM, Any, torch.optim.Optimizer]], b
             if i >= warmup:
                 times[name].append(t)
     log.info("step seconds: %s", {n: [round(t, 2) for t in ts] for n, ts in times.items()})
-    return {name: batch["input_ids"].numel() / sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+    return times
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def main() -> None:
@@ -92,22 +98,30 @@ def main() -> None:
         for setting in settings:  # the same module and optimizer: compiled is a view of the same weights
             forward = compile_module(wrapped, dynamic=False) if setting == "compiled" else wrapped
             models[f"{family}_{setting}"] = (wrapped, forward, opt)
-    tps = measure(models, batch, args.steps, args.warmup)
+    times = measure(models, batch, args.steps, args.warmup)
+    tps = {name: batch["input_ids"].numel() / median(ts) for name, ts in times.items()}
     best = {f: max(settings, key=lambda s: tps[f"{f}_{s}"]) for f in ("m2", "bert")}
     m2, bert = tps[f"m2_{best['m2']}"], tps[f"bert_{best['bert']}"]
+    # The spread: the ratio of each step pair (the same round of the alternation), best settings.
+    pairs = [b / m for m, b in zip(times[f"m2_{best['m2']}"], times[f"bert_{best['bert']}"])]
     result = {
         "benchmark": "training tokens/s (fwd+bwd+DecoupledAdamW step), MLM 30% masking, fp32",
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"), "command": "python bench/train_throughput.py " + " ".join(sys.argv[1:]),
+        "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
         "device": "cpu", "threads": torch.get_num_threads(), "batch": args.batch, "length": args.length,
         "m2": args.m2, "bert": args.bert, "steps": args.steps, "warmup": args.warmup,
         **{f"{name}_tokens_per_s": round(v, 1) for name, v in tps.items()},
+        "step_seconds": {name: [round(t, 3) for t in ts] for name, ts in times.items()},
         "m2_best": best["m2"], "bert_best": best["bert"],
         "m2_tokens_per_s": round(m2, 1), "bert_tokens_per_s": round(bert, 1), "ratio": round(m2 / bert, 3),
+        "ratio_per_step": {"min": round(min(pairs), 3), "median": round(median(pairs), 3), "max": round(max(pairs), 3)},
     }
     text = json.dumps(result, indent=2)
     if args.json:
+        from m2bert.atomic import atomic_write_json
+
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
+        atomic_write_json(args.json, result)
     print(text)
 
 

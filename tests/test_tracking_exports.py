@@ -13,6 +13,12 @@ from tests.conftest import compose_glue, compose_pretrain
 
 
 def _offline_runs(wandb_dir: Path) -> list[Path]:
+    """The offline runs, once their record files are complete: ``wandb.finish`` returns before W&B's service
+    process has flushed and closed a run's file (seen empty: "header is 0 bytes"); shutting the service down
+    waits for that, as a process exit does for a user before ``wandb sync``."""
+    import wandb
+
+    wandb.teardown()
     return sorted(wandb_dir.glob("wandb/offline-run-*"))
 
 
