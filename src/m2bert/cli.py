@@ -73,7 +73,15 @@ def choice_values(name: str) -> str:
     return "|".join(options.choices(getattr(options, name)))
 
 
+def sequences_per_batch(tokens: int, length: int) -> int:
+    """``${m2bert_sequences:16384,${data.max_seq_len}}``: how many sequences of ``length`` tokens hold ``tokens``
+    tokens (at least 1), so a batch size written for one length keeps its memory at another (128 at 128, 8 at 2k)."""
+    return max(1, int(tokens) // int(length))
+
+
 def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("m2bert_sequences"):
+        OmegaConf.register_new_resolver("m2bert_sequences", sequences_per_batch)
     if not OmegaConf.has_resolver("m2bert_options"):
         OmegaConf.register_new_resolver("m2bert_options", group_options)
     if not OmegaConf.has_resolver("m2bert_choices"):

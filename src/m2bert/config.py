@@ -108,6 +108,10 @@ class M2BertConfig(PretrainedConfig):
         # Our additions.
         pooling: str = "cls",
         padding_invariant: bool = True,
+        # Sentence embeddings (the original's gather_sentence_embeddings / use_normalized_embeddings / use_cls_token).
+        sentence_embedding: bool = False,
+        normalize_embeddings: bool = False,
+        embedding_pooler: bool = False,
         long_conv_impl: str = "fft",
         kernels: str = "auto",
         check_inputs: bool | None = None,
@@ -145,6 +149,12 @@ class M2BertConfig(PretrainedConfig):
         # str(): a config's choice (an m2bert.options member) is stored as its plain string.
         self.pooling = str(pooling)
         self.padding_invariant = padding_invariant
+        # M2BertModel's forward also returns `sentence_embedding`: `pooling` over the last hidden states, through
+        # a dense + tanh pooler when `embedding_pooler` (the original's BertPooler, used when use_cls_token is
+        # False), L2-normalised when `normalize_embeddings`. Model semantics: they go into config.json.
+        self.sentence_embedding = sentence_embedding
+        self.normalize_embeddings = normalize_embeddings
+        self.embedding_pooler = embedding_pooler
         self.long_conv_impl = str(long_conv_impl)
         self.kernels = str(kernels)
         # Value checks of ids/masks in forward (m2bert.model.inputs): None = on CPU tensors only (no device
@@ -212,15 +222,35 @@ class M2BertConfig(PretrainedConfig):
                              "only M2 sequence mixing is supported")
         if d.get("attention_pooling", False):
             raise ValueError("original config uses attention_pooling=True, which M2-BERT does not support")
+        if d.get("sequence_token_planting", False):
+            raise ValueError("original config uses sequence_token_planting=True (a [CLS] every 128 tokens), which "
+                             "M2-BERT does not support")
         fields = {k: d[k] for k in _ORIGINAL_KEYS if k in d}
         if fields.get("long_conv_kernel_learning_rate") is None:
             fields.pop("long_conv_kernel_learning_rate", None)
         if "id2label" in fields:
             fields["id2label"] = {int(k): v for k, v in fields["id2label"].items()}
-        fields["pooling"] = "mean" if d.get("pool_all", False) else "cls"
+        fields.update(_original_embedding_fields(d))
         fields["padding_invariant"] = False
         fields.update(overrides)
         return cls(**fields)
+
+
+def _original_embedding_fields(d: dict[str, Any]) -> dict[str, Any]:
+    """Pooling and sentence-embedding fields of an original config, as its BertForSequenceClassification reads
+    them with ``gather_sentence_embeddings``: ``use_cls_token`` (default True) returns the raw [CLS] hidden state;
+    otherwise it returns the BertPooler's output, dense + tanh over [CLS], or over the mean of the tokens whose
+    ``attention_mask`` is 1 when ``pool_all`` (a mean over real tokens, not over all positions: the same as our
+    ``mean``). Without ``gather_sentence_embeddings``, ``pool_all`` chooses the classifier's pooling, as before."""
+    use_cls_token = bool(d.get("use_cls_token", True))
+    gather = bool(d.get("gather_sentence_embeddings", False))
+    mean = bool(d.get("pool_all", False)) and not (gather and use_cls_token)
+    return {
+        "pooling": "mean" if mean else "cls",
+        "sentence_embedding": gather,
+        "normalize_embeddings": bool(d.get("use_normalized_embeddings", False)),
+        "embedding_pooler": not use_cls_token,
+    }
 
 
 def _init_fields() -> list[str]:

@@ -5,6 +5,7 @@ from m2bert.model.modeling import (
     M2BertForSequenceClassification,
     M2BertLayer,
     M2BertModel,
+    M2BertModelOutput,
     M2BertPreTrainedModel,
     M2MaskedLMOutput,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "M2BertForSequenceClassification",
     "M2BertLayer",
     "M2BertModel",
+    "M2BertModelOutput",
     "M2BertPreTrainedModel",
     "M2MaskedLMOutput",
     "param_groups",

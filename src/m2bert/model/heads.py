@@ -11,6 +11,7 @@ from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
 from m2bert.config import M2BertConfig
+from m2bert.model.pooling import pool
 
 
 class MLMHead(nn.Module):
@@ -80,14 +81,7 @@ class ClassificationHead(nn.Module):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        elif attention_mask is None:
-            pooled = hidden.mean(dim=1)
-        else:
-            m = attention_mask.to(hidden.dtype).unsqueeze(-1)
-            pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
-        return torch.tanh(self.pooler(pooled))
+        return torch.tanh(self.pooler(pool(hidden, attention_mask, self.pooling)))
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         return self.classifier(self.dropout(self.pool(hidden, attention_mask)))

@@ -5,6 +5,10 @@ The classes are Hugging Face ``PreTrainedModel`` subclasses, so ``save_pretraine
 """
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -17,6 +21,7 @@ from m2bert.model.embeddings import M2BertEmbeddings
 from m2bert.model.heads import ClassificationHead, M2MaskedLMOutput, MLMHead, decode_masked
 from m2bert.model.inputs import check_shapes, check_values, should_check_values
 from m2bert.model.monarch import BlockdiagLinear
+from m2bert.model.pooling import sentence_embedding
 from m2bert.model.sequence_mixer import MonarchSequenceMixer
 
 
@@ -56,13 +61,24 @@ class M2BertPreTrainedModel(PreTrainedModel):
             module.reset_parameters()
 
 
-class M2BertModel(M2BertPreTrainedModel):
-    """The encoder: returns ``last_hidden_state`` (and all hidden states on request)."""
+@dataclass
+class M2BertModelOutput(BaseModelOutput):
+    """The encoder's output; ``sentence_embedding`` (B, H) when the config's ``sentence_embedding`` (or the
+    ``return_sentence_embedding`` argument) asks for it, as the original's ``gather_sentence_embeddings``."""
 
-    def __init__(self, config: M2BertConfig) -> None:
+    sentence_embedding: torch.Tensor | None = None
+
+
+class M2BertModel(M2BertPreTrainedModel):
+    """The encoder: returns ``last_hidden_state`` (and all hidden states, and the sentence embedding, on request)."""
+
+    def __init__(self, config: M2BertConfig, add_pooler: bool = True) -> None:
         super().__init__(config)
         self.embeddings = M2BertEmbeddings(config)
         self.layers = nn.ModuleList(M2BertLayer(config) for _ in range(config.num_hidden_layers))
+        # The original's BertPooler (dense; tanh in sentence_embedding), read only by the sentence embedding; the
+        # task models leave it out (add_pooler=False): they return no sentence embedding and DDP wants no idle weights.
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if config.embedding_pooler and add_pooler else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -78,10 +94,13 @@ class M2BertModel(M2BertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        return_sentence_embedding: bool | None = None,
         **kwargs: object,
-    ) -> BaseModelOutput | tuple:
+    ) -> M2BertModelOutput | tuple:
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if return_sentence_embedding is None:
+            return_sentence_embedding = self.config.sentence_embedding
         check_shapes(input_ids, attention_mask, token_type_ids)
         if should_check_values(self.config.check_inputs, input_ids):
             check_values(input_ids, attention_mask, token_type_ids, self.config.vocab_size, self.config.type_vocab_size)
@@ -96,9 +115,31 @@ class M2BertModel(M2BertPreTrainedModel):
             if all_hidden is not None:
                 all_hidden.append(hidden)
         hidden_states = tuple(all_hidden) if all_hidden is not None else None
+        embedding = None
+        if return_sentence_embedding:
+            embedding = sentence_embedding(hidden, attention_mask, self.config.pooling, self.config.normalize_embeddings,
+                                           self.pooler)
         if not return_dict:
-            return tuple(v for v in (hidden, hidden_states) if v is not None)
-        return BaseModelOutput(last_hidden_state=hidden, hidden_states=hidden_states)
+            return tuple(v for v in (hidden, hidden_states, embedding) if v is not None)
+        return M2BertModelOutput(last_hidden_state=hidden, hidden_states=hidden_states, sentence_embedding=embedding)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+              token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, H) sentence embeddings as the config defines them (``pooling``, ``normalize_embeddings``), whatever
+        ``sentence_embedding`` says. Inputs need no padding to the maximum length: with ``padding_invariant``
+        (the default) a row's embedding does not depend on how far the batch is padded."""
+        out = self.forward(input_ids, attention_mask, token_type_ids, return_dict=True, return_sentence_embedding=True)
+        return out.sentence_embedding
+
+    @classmethod
+    def from_original_checkpoint(cls, path: str | os.PathLike, config: M2BertConfig | dict[str, Any] | None = None,
+                                 padding_invariant: bool = False) -> "M2BertModel":
+        """The encoder of an original checkpoint: a Composer ``.pt`` file, or a Hugging Face directory as the
+        released retrieval models ship (``config.json`` with the original's fields, ``model.safetensors`` or
+        ``pytorch_model.bin``). An MLM or classifier head in the file is skipped (logged)."""
+        from m2bert.model.original import load_original_checkpoint
+
+        return load_original_checkpoint(cls, path, config, padding_invariant=padding_invariant)
 
 
 class M2BertForMaskedLM(M2BertPreTrainedModel):
@@ -110,7 +151,7 @@ class M2BertForMaskedLM(M2BertPreTrainedModel):
 
     def __init__(self, config: M2BertConfig) -> None:
         super().__init__(config)
-        self.bert = M2BertModel(config)
+        self.bert = M2BertModel(config, add_pooler=False)
         self.mlm_head = MLMHead(config)
         self.post_init()
 
@@ -132,7 +173,8 @@ class M2BertForMaskedLM(M2BertPreTrainedModel):
     ) -> M2MaskedLMOutput | tuple:
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         check_shapes(input_ids, attention_mask, token_type_ids, labels)
-        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states, return_dict=True)
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states, return_dict=True,
+                        return_sentence_embedding=False)
         loss = positions = targets = None
         if labels is None:
             logits = self.mlm_head(out.last_hidden_state)
@@ -144,11 +186,13 @@ class M2BertForMaskedLM(M2BertPreTrainedModel):
                                 masked_labels=targets)
 
     @classmethod
-    def from_original_checkpoint(cls, path: str, config: M2BertConfig | dict) -> "M2BertForMaskedLM":
-        """Load an original M2-BERT Composer checkpoint (``state.model`` with ``model.bert.*``)."""
+    def from_original_checkpoint(cls, path: str | os.PathLike, config: M2BertConfig | dict[str, Any] | None = None,
+                                 padding_invariant: bool = False) -> "M2BertForMaskedLM":
+        """Load an original M2-BERT Composer checkpoint (``state.model`` with ``model.bert.*``) or a Hugging Face
+        directory of one (see ``M2BertModel.from_original_checkpoint``)."""
         from m2bert.model.original import load_original_checkpoint
 
-        return load_original_checkpoint(cls, path, config)
+        return load_original_checkpoint(cls, path, config, padding_invariant=padding_invariant)
 
 
 class M2BertForSequenceClassification(M2BertPreTrainedModel):
@@ -160,7 +204,7 @@ class M2BertForSequenceClassification(M2BertPreTrainedModel):
 
     def __init__(self, config: M2BertConfig) -> None:
         super().__init__(config)
-        self.bert = M2BertModel(config)
+        self.bert = M2BertModel(config, add_pooler=False)
         self.head = ClassificationHead(config)
         self.post_init()
 
@@ -175,7 +219,8 @@ class M2BertForSequenceClassification(M2BertPreTrainedModel):
         **kwargs: object,
     ) -> SequenceClassifierOutput | tuple:
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states, return_dict=True)
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states, return_dict=True,
+                        return_sentence_embedding=False)
         logits = self.head(out.last_hidden_state, attention_mask)
         loss = None
         if labels is not None:
@@ -188,11 +233,11 @@ class M2BertForSequenceClassification(M2BertPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
     @classmethod
-    def from_original_checkpoint(cls, path: str, config: M2BertConfig | dict) -> "M2BertForSequenceClassification":
-        """Load an original M2-BERT checkpoint (MLM or classification) into a classifier.
-
-        An MLM checkpoint fills the encoder and leaves the new head freshly initialised.
+    def from_original_checkpoint(cls, path: str | os.PathLike, config: M2BertConfig | dict[str, Any] | None = None,
+                                 padding_invariant: bool = False) -> "M2BertForSequenceClassification":
+        """Load an original M2-BERT checkpoint (MLM or classification; a file or a Hugging Face directory) into a
+        classifier. An MLM checkpoint fills the encoder and leaves the new head freshly initialised.
         """
         from m2bert.model.original import load_original_checkpoint
 
-        return load_original_checkpoint(cls, path, config)
+        return load_original_checkpoint(cls, path, config, padding_invariant=padding_invariant)
