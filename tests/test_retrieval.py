@@ -1,0 +1,83 @@
+"""The offline retrieval set (WikiText-2 → BEIR layout) and the m2bert-retrieval fine-tuning CLI."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from m2bert.embeddings import retrieval_data as rd
+from tests.conftest import shared_path
+
+
+def _article_slice(src: Path, n: int) -> str:
+    """The first ``n`` articles of a WikiText file."""
+    lines = src.read_text(encoding="utf-8").split("\n")
+    starts = [i for i, line in enumerate(lines) if rd.TITLE.match(line)]
+    return "\n".join(lines[: starts[n]] if n < len(starts) else lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def small_shared(tmp_path_factory) -> Path:
+    """A shared-folder layout holding the first articles of WikiText-2 valid/test and BERT's vocabulary."""
+    root = tmp_path_factory.mktemp("shared")
+    wt = root / "data" / "wikitext" / "wikitext-2"
+    wt.mkdir(parents=True)
+    for split, n in (("valid", 6), ("test", 6)):
+        (wt / f"{split}.txt").write_text(_article_slice(shared_path("data", "wikitext", "wikitext-2", f"{split}.txt"), n),
+                                         encoding="utf-8")
+    (root / "data" / "bert-base-uncased").mkdir()
+    (root / "data" / "bert-base-uncased" / "vocab.txt").symlink_to(shared_path("data", "bert-base-uncased", "vocab.txt"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def small_set(small_shared, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("set") / "retrieval"
+    assert rd.main(["--shared", str(small_shared), "--out", str(out), "--max-tokens", "2048"]) == 0
+    return out
+
+
+def test_set_is_deterministic_and_queries_are_removed(small_shared, small_set, tmp_path) -> None:
+    again = tmp_path / "again"
+    assert rd.main(["--shared", str(small_shared), "--out", str(again), "--max-tokens", "2048"]) == 0
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels/train.tsv", "qrels/test.tsv", "stats.json"):
+        assert (small_set / name).read_bytes() == (again / name).read_bytes(), name
+
+    loaded = rd.read_retrieval_set(small_set)
+    assert loaded.train_qrels and loaded.test_qrels
+    assert not set(loaded.train_qrels) & set(loaded.test_qrels)
+    # split by document: no eval document is a training positive
+    assert not set(loaded.train_qrels.values()) & set(loaded.test_qrels.values())
+    for qid, doc in {**loaded.train_qrels, **loaded.test_qrels}.items():
+        query = loaded.queries[qid]
+        assert query not in loaded.corpus[doc], qid            # removed from its document
+        assert 8 <= len(query.split()) <= 48
+        assert "@-@" not in query and "<unk>" not in query    # WikiText's tokenisation undone
+    stats = json.loads((small_set / "stats.json").read_text())
+    assert stats["documents"] == len(loaded.corpus)
+    assert stats["train_queries"] == len(loaded.train_qrels) and stats["eval_queries"] == len(loaded.test_qrels)
+
+
+def test_documents_are_chunks_of_mixed_length(small_shared) -> None:
+    docs = rd.build_documents(small_shared, min_tokens=64, max_tokens=2048)
+    lengths = [d.n_tokens for d in docs]
+    assert len(docs) > 12                                     # 12 articles, cut into chunks
+    assert min(lengths) < 300 and max(lengths) > 1000         # very mixed lengths
+    assert max(lengths) < 2048 + 700                          # a chunk closes at its target (+ one paragraph)
+    texts = rd.load_documents(small_shared, min_tokens=64, max_tokens=2048)
+    assert texts == [d.text() for d in docs] and all(isinstance(t, str) and t for t in texts)
+    ids = [d.doc_id for d in docs]
+    assert len(set(ids)) == len(ids) and all(re.fullmatch(r"(valid|test)-\d{3}-\d{2}", i) for i in ids)
+
+
+def test_detokenize() -> None:
+    assert rd.detokenize("a 0 @.@ 7 kg , the 1 @,@ 000 lake @-@ side ( in ) <unk> 's") == \
+        "a 0.7 kg, the 1,000 lake-side (in) [UNK]'s"
+
+
+def test_missing_shared_is_one_line(tmp_path, caplog) -> None:
+    assert rd.main(["--shared", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "vocab.txt is missing" in caplog.text
+    assert not (tmp_path / "out").exists()
