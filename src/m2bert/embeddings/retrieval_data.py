@@ -272,7 +272,7 @@ def read_retrieval_set(folder: str | Path) -> LoadedSet:
     def rows(name: str) -> list[dict]:
         path = folder / name
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: write the set with data_prep/make_retrieval.py --out {folder}")
+            raise FileNotFoundError(f"{path} is missing: write the set with m2bert-make-retrieval --out {folder}")
         out = []
         for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             try:
@@ -285,7 +285,7 @@ def read_retrieval_set(folder: str | Path) -> LoadedSet:
     def qrels(name: str) -> dict[str, str]:
         path = folder / "qrels" / name
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: write the set with data_prep/make_retrieval.py --out {folder}")
+            raise FileNotFoundError(f"{path} is missing: write the set with m2bert-make-retrieval --out {folder}")
         out = {}
         for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines()[1:], 2):
             parts = line.split("\t")
