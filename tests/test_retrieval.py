@@ -135,6 +135,8 @@ def test_finetune_through_the_cli_beats_the_untrained_model(tiny_hf, small_set, 
     ("retrieval.pooling=max", "retrieval.pooling='max'; choose one of cls, mean"),
     ("start.kind=onnx", "start.kind='onnx'; choose one of hf, composer, original"),
     ("model=m2_bert_tiny", "no 'model' group here"),
+    ("start.tokenizer=bert-base-uncased", "is not a local file or folder and offline=true"),
+    ("retrieval=m2_bert_80m_2k", "retrieval.max_seq_length=2048 exceeds what"),
 ])
 def test_config_errors_are_one_line(tiny_hf, small_set, tmp_path, monkeypatch, capsys, override, expect) -> None:
     args = ["retrieval=m2_bert_tiny", f"start.path={tiny_hf}", f"data.folder={small_set}",

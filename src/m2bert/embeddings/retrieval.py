@@ -94,7 +94,10 @@ def start_model_dir(cfg: DictConfig, run_dir: Path) -> Path:
         raise ConfigError(f"retrieval.max_seq_length={cfg.retrieval.max_seq_length} exceeds what {start.path} takes "
                           f"({limit} tokens: max_position_embeddings / long_conv_l_max); set "
                           f"retrieval.max_seq_length<={limit} or start from a model pretrained at that length")
-    tokenizer = load_tokenizer(start.tokenizer)
+    try:
+        tokenizer = load_tokenizer(start.tokenizer)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"start.tokenizer: {str(e).splitlines()[0]}") from e
     config = start.config.__class__.from_dict({**start.config.to_dict(), "padding_invariant": cfg.start.padding_invariant})
     model = M2BertModel(config)
     encoder = {k[len("bert."):]: v for k, v in start.state.items() if k.startswith("bert.")}
@@ -154,7 +157,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Check, build, evaluate, fine-tune, evaluate, export; returns what ``results.json`` holds."""
     check_config(cfg)
     if cfg.offline:
+        tok = cfg.start.tokenizer
+        if tok is None and str(cfg.start.kind) == "original":
+            raise ConfigError("start.kind=original needs start.tokenizer=<local folder or vocab.txt> with offline=true "
+                              "(the original used bert-base-uncased's vocab.txt)")
+        if tok and not Path(str(tok)).expanduser().exists():
+            raise ConfigError(f"start.tokenizer={tok} is not a local file or folder and offline=true: give a local "
+                              "tokenizer folder or vocab.txt (or offline=false to fetch it from the hub)")
+        # Every path is local; the variables also keep anything started from here (workers, W&B) off the hub.
         os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
     if not Path(cfg.data.folder).is_dir():
         raise ConfigError(f"data.folder={cfg.data.folder} does not exist: write it with "
                           f"m2bert-make-retrieval --shared ../shared --out {cfg.data.folder}")

@@ -48,7 +48,7 @@ def build_sentence_transformer(hf_dir: str | os.PathLike[str], *, max_seq_length
     to the config's ``pooling`` and ``normalize_embeddings``.
     """
     import m2bert  # noqa: F401 - registers AutoConfig/AutoModel for model_type m2_bert
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer, SentenceTransformerModelCardData
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import AutoConfig
 
@@ -70,7 +70,9 @@ def build_sentence_transformer(hf_dir: str | os.PathLike[str], *, max_seq_length
     modules: list[Any] = [transformer, Pooling(config.hidden_size, pooling_mode=_pooling_of(config, pooling))]
     if getattr(config, "normalize_embeddings", False) if normalize is None else normalize:
         modules.append(Normalize())
-    return SentenceTransformer(modules=modules, device=device)
+    # The model card never asks the hub about a base model or dataset (local_files_only): exports stay offline.
+    return SentenceTransformer(modules=modules, device=device,
+                               model_card_data=SentenceTransformerModelCardData(local_files_only=True))
 
 
 def export_sentence_transformer(source: str | os.PathLike[str] | PreTrainedModel, out_dir: str | os.PathLike[str], *,
