@@ -72,6 +72,16 @@ def test_documents_are_chunks_of_mixed_length(small_shared) -> None:
     assert len(set(ids)) == len(ids) and all(re.fullmatch(r"(valid|test)-\d{3}-\d{2}", i) for i in ids)
 
 
+def test_sample_documents_for_benchmarks(small_shared) -> None:
+    texts = rd.sample_documents(small_shared, n=40, min_tokens=64, max_tokens=2048)
+    assert len(texts) == 40 and texts == rd.sample_documents(small_shared, n=40, min_tokens=64, max_tokens=2048)
+    from m2bert.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(small_shared / "data" / "bert-base-uncased" / "vocab.txt")
+    lengths = sorted(len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"])
+    assert lengths[0] >= 50 and lengths[-1] > 1000 and lengths[len(lengths) // 2] < 1000   # log-uniform: mixed
+
+
 def test_detokenize() -> None:
     assert rd.detokenize("a 0 @.@ 7 kg , the 1 @,@ 000 lake @-@ side ( in ) <unk> 's") == \
         "a 0.7 kg, the 1,000 lake-side (in) [UNK]'s"
@@ -121,7 +131,7 @@ def test_finetune_through_the_cli_beats_the_untrained_model(tiny_hf, small_set, 
 
     model = SentenceTransformer(str(runs / "tiny" / "model"), device="cpu", local_files_only=True)
     assert model.encode(["a query"]).shape == (1, 64)
-    assert (runs / "tiny" / "start" / "config.json").is_file()
+    assert (runs / "tiny" / "start" / "config.json").is_file() and not (runs / "tiny" / "trainer").exists()
 
     # the same run name again: refused in one line, the finished run untouched
     code, _, err = _cli(args, monkeypatch, capsys)

@@ -218,6 +218,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("after:  nDCG@10 %.4f  MRR@10 %.4f  recall@10 %.4f", after["ndcg@10"], after["mrr@10"],
              after["recall@10"])
     export = save_sentence_transformer(model.to(torch.float32), run_dir / "model")
+    try:
+        (run_dir / "trainer").rmdir()  # the trainer's output_dir: empty, as nothing is checkpointed
+    except OSError:
+        pass
     results = {
         "run_name": cfg.run_name, "start": {"kind": str(cfg.start.kind), "path": str(cfg.start.path)},
         "recipe": OmegaConf.to_container(r, resolve=True), "seed": cfg.seed, "device": device,

@@ -117,44 +117,84 @@ def _load_tokenizer(shared: Path):
     return load_tokenizer(vocab)
 
 
-def build_documents(shared: str | Path, min_tokens: int = 64, max_tokens: int = 8192,
-                    seed: int = 0) -> list[Document]:
-    """Articles of WikiText-2 valid+test cut into chunks of whole paragraphs, each up to a target length drawn
-    log-uniformly in [min_tokens, max_tokens] (a paragraph longer than its target is kept whole)."""
-    if not 0 < min_tokens <= max_tokens:
-        raise ValueError(f"need 0 < min_tokens <= max_tokens, got {min_tokens}, {max_tokens}")
-    shared = Path(shared)
+def _tokenized_articles(shared: Path) -> list[tuple[str, int, str, list[Block], list[int]]]:
+    """``(split, index, title, blocks, tokens per block)`` of every article of WikiText-2 valid+test."""
     tok = _load_tokenizer(shared)
-    docs: list[Document] = []
+    out = []
     for split in SPLITS:
         path = shared / "data" / "wikitext" / "wikitext-2" / f"{split}.txt"
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing (--shared must hold data/wikitext/wikitext-2/{split}.txt)")
         for a, (title, blocks) in enumerate(read_articles(path)):
-            if not blocks:
-                continue
-            lengths = [len(ids) for ids in tok([b.text() for b in blocks], add_special_tokens=False)["input_ids"]]
-            chunks: list[tuple[list[Block], int]] = []
-            current: list[Block] = []
-            size = 0
-            rng = random.Random(f"{seed}:{split}:{title}")
-            target = _log_uniform(rng, min_tokens, max_tokens)
-            for block, n in zip(blocks, lengths):
-                current.append(block)
-                size += n
-                if size >= target:
-                    chunks.append((current, size))
-                    current, size = [], 0
-                    target = _log_uniform(rng, min_tokens, max_tokens)
-            if current:
-                if chunks and size < min_tokens:  # a short tail joins the chunk before it
-                    chunks[-1] = (chunks[-1][0] + current, chunks[-1][1] + size)
-                else:
-                    chunks.append((current, size))
-            for c, (chunk, size) in enumerate(chunks):
-                part = f" ({c + 1}/{len(chunks)})" if len(chunks) > 1 else ""
-                docs.append(Document(f"{split}-{a:03d}-{c:02d}", title + part, chunk, size + 2))
+            if blocks:
+                lengths = [len(ids) for ids in tok([b.text() for b in blocks], add_special_tokens=False)["input_ids"]]
+                out.append((split, a, title, blocks, lengths))
+    return out
+
+
+def _check_range(min_tokens: int, max_tokens: int) -> None:
+    if not 0 < min_tokens <= max_tokens:
+        raise ValueError(f"need 0 < min_tokens <= max_tokens, got {min_tokens}, {max_tokens}")
+
+
+def build_documents(shared: str | Path, min_tokens: int = 64, max_tokens: int = 8192,
+                    seed: int = 0) -> list[Document]:
+    """Articles of WikiText-2 valid+test cut into chunks of whole paragraphs, each up to a target length drawn
+    log-uniformly in [min_tokens, max_tokens] (a paragraph longer than its target is kept whole)."""
+    _check_range(min_tokens, max_tokens)
+    docs: list[Document] = []
+    for split, a, title, blocks, lengths in _tokenized_articles(Path(shared)):
+        chunks: list[tuple[list[Block], int]] = []
+        current: list[Block] = []
+        size = 0
+        rng = random.Random(f"{seed}:{split}:{title}")
+        target = _log_uniform(rng, min_tokens, max_tokens)
+        for block, n in zip(blocks, lengths):
+            current.append(block)
+            size += n
+            if size >= target:
+                chunks.append((current, size))
+                current, size = [], 0
+                target = _log_uniform(rng, min_tokens, max_tokens)
+        if current:
+            if chunks and size < min_tokens:  # a short tail joins the chunk before it
+                chunks[-1] = (chunks[-1][0] + current, chunks[-1][1] + size)
+            else:
+                chunks.append((current, size))
+        for c, (chunk, size) in enumerate(chunks):
+            part = f" ({c + 1}/{len(chunks)})" if len(chunks) > 1 else ""
+            docs.append(Document(f"{split}-{a:03d}-{c:02d}", title + part, chunk, size + 2))
     return docs
+
+
+def sample_documents(shared: str | Path | None = None, n: int = 1000, min_tokens: int = 64, max_tokens: int = 8192,
+                     seed: int = 0) -> list[str]:
+    """``n`` texts for embedding benchmarks, lengths log-uniform in [min_tokens, max_tokens] (WordPiece tokens, at
+    paragraph granularity): windows of consecutive paragraphs at random places in random articles long enough.
+    Windows may overlap (WikiText-2 holds ~550k tokens, fewer than 1000 long documents need), which a
+    throughput benchmark does not mind; the retrieval set uses :func:`build_documents` (no overlap)."""
+    from m2bert.paths import shared_dir
+
+    _check_range(min_tokens, max_tokens)
+    articles = _tokenized_articles(Path(shared or shared_dir()))
+    totals = [sum(lengths) for *_, lengths in articles]
+    texts = []
+    for i in range(n):
+        rng = random.Random(f"{seed}:sample:{i}")
+        target = _log_uniform(rng, min_tokens, max_tokens)
+        fits = [k for k, t in enumerate(totals) if t >= target] or [max(range(len(totals)), key=totals.__getitem__)]
+        _, _, _, blocks, lengths = articles[rng.choice(fits)]
+        # a start from which the rest of the article still reaches the target
+        rest = [sum(lengths[j:]) for j in range(len(lengths))]
+        starts = [j for j, r in enumerate(rest) if r >= target] or [0]
+        j = rng.choice(starts)
+        window, size = [], 0
+        while j < len(blocks) and size < target:
+            window.append(blocks[j].text())
+            size += lengths[j]
+            j += 1
+        texts.append("\n\n".join(window))
+    return texts
 
 
 def _log_uniform(rng: random.Random, lo: int, hi: int) -> int:
@@ -330,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["Block", "Document", "LoadedSet", "RetrievalSet", "build_documents", "build_retrieval_set",
-           "detokenize", "load_documents", "main", "read_articles", "read_retrieval_set", "write_retrieval_set"]
+           "detokenize", "load_documents", "main", "read_articles", "read_retrieval_set", "sample_documents",
+           "write_retrieval_set"]
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
