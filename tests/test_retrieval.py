@@ -100,6 +100,8 @@ def _cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
     from m2bert import cli
     from m2bert.embeddings.cli import main
 
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # offline=true sets them; restored after the test
+        monkeypatch.setenv(var, "1")
     monkeypatch.setattr(sys, "argv", ["m2bert-retrieval", *args])
     monkeypatch.setattr(cli, "_task_started", False)
     capsys.readouterr()

@@ -71,8 +71,7 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
         if (run_dir / done).exists():
             raise ConfigError(f"run folder {run_dir} already holds a run ({done}); choose another run_name= "
                               f"(or leave it unset: m2bert-retrieval-<date-time>)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    return run_dir  # created by the first thing written there (start/), after every check passed
 
 
 def start_model_dir(cfg: DictConfig, run_dir: Path) -> Path:
