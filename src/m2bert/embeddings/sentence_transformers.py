@@ -1,0 +1,141 @@
+"""M2-BERT as a sentence-transformers model: export a directory that ``SentenceTransformer(dir)`` loads, and load one.
+
+The export is ST's standard layout (``modules.json``; ``sentence_bert_config.json`` with ``max_seq_length``;
+the encoder's ``config.json`` + safetensors + tokenizer in the root; ``1_Pooling`` with the config's
+``pooling``, ``cls`` or ``mean``; ``2_Normalize`` when ``normalize_embeddings``). The encoder is our
+``M2BertModel``, which ``import m2bert`` registers with ``AutoModel``, so loading needs no
+``trust_remote_code`` (and the export holds no code).
+
+Why this works without padding every input to the maximum length (the original does, because padding leaks
+into its real tokens): our models are padding-invariant (``padding_invariant=True``), so ST's length-sorted,
+dynamically padded batches give the same embeddings as one text at a time. A model that is not (one
+loaded with ``from_original_checkpoint`` as is) is exported as it is, with a warning.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from m2bert.atomic import atomic_directory
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+POOLINGS = ("cls", "mean")
+
+
+def _pooling_of(config: Any, pooling: str | None) -> str:
+    mode = pooling or getattr(config, "pooling", None) or "mean"
+    if mode not in POOLINGS:
+        raise ValueError(f"pooling={mode!r}: a sentence embedding pools with one of {', '.join(POOLINGS)}")
+    return mode
+
+
+def build_sentence_transformer(hf_dir: str | os.PathLike[str], *, max_seq_length: int | None = None,
+                               pooling: str | None = None, normalize: bool | None = None,
+                               device: str | None = None) -> SentenceTransformer:
+    """A SentenceTransformer around our HF directory (an ``m2bert-pretrain`` ``hf/`` export, a GLUE ``final/``,
+    or any ``save_pretrained`` of an M2-BERT with its tokenizer): Transformer → Pooling → [Normalize].
+
+    ``max_seq_length`` defaults to the model's ``max_position_embeddings``; ``pooling`` and ``normalize``
+    to the config's ``pooling`` and ``normalize_embeddings``.
+    """
+    import m2bert  # noqa: F401 - registers AutoConfig/AutoModel for model_type m2_bert
+    from sentence_transformers import SentenceTransformer, SentenceTransformerModelCardData
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import AutoConfig
+
+    hf_dir = Path(hf_dir)
+    if not (hf_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{hf_dir / 'config.json'} is missing: expected an M2-BERT Hugging Face directory "
+                                f"(m2bert-pretrain writes <run_root>/<run_name>/hf)")
+    config = AutoConfig.from_pretrained(hf_dir)
+    if config.model_type != "m2_bert":
+        raise ValueError(f"{hf_dir}: model_type {config.model_type!r} is not m2_bert")
+    if not getattr(config, "padding_invariant", True):
+        log.warning("%s: padding_invariant=False, so embeddings depend on how much padding a batch adds "
+                    "(set padding_invariant=True in its config.json for batch-independent embeddings)", hf_dir)
+    limit = config.max_position_embeddings
+    length = max_seq_length or limit
+    if length > limit:
+        raise ValueError(f"max_seq_length={length} exceeds the model's max_position_embeddings={limit}")
+    transformer = Transformer(str(hf_dir), max_seq_length=length, unpad_inputs=False)
+    modules: list[Any] = [transformer, Pooling(config.hidden_size, pooling_mode=_pooling_of(config, pooling))]
+    if getattr(config, "normalize_embeddings", False) if normalize is None else normalize:
+        modules.append(Normalize())
+    # The model card never asks the hub about a base model or dataset (local_files_only): exports stay offline.
+    return SentenceTransformer(modules=modules, device=device,
+                               model_card_data=SentenceTransformerModelCardData(local_files_only=True))
+
+
+def export_sentence_transformer(source: str | os.PathLike[str] | PreTrainedModel, out_dir: str | os.PathLike[str], *,
+                                tokenizer: PreTrainedTokenizerBase | None = None, max_seq_length: int | None = None,
+                                pooling: str | None = None, normalize: bool | None = None) -> Path:
+    """Write a sentence-transformers directory for ``source`` (our HF directory, or a model object with its
+    ``tokenizer``) to ``out_dir``, atomically. Returns ``out_dir``."""
+    if isinstance(source, (str, os.PathLike)):
+        model = build_sentence_transformer(source, max_seq_length=max_seq_length, pooling=pooling,
+                                           normalize=normalize, device="cpu")
+        return save_sentence_transformer(model, out_dir)
+    if tokenizer is None:
+        raise ValueError("export_sentence_transformer(model, ...) needs the model's tokenizer (tokenizer=...)")
+    with tempfile.TemporaryDirectory(prefix=".m2bert-st-") as tmp:
+        source.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        model = build_sentence_transformer(tmp, max_seq_length=max_seq_length, pooling=pooling, normalize=normalize,
+                                           device="cpu")
+        return save_sentence_transformer(model, out_dir)
+
+
+def save_sentence_transformer(model: SentenceTransformer, out_dir: str | os.PathLike[str]) -> Path:
+    """``model.save`` into a temporary sibling renamed into place: a finished directory or none. The encoder is
+    saved as the base ``M2BertModel`` (``AutoModel``), whatever head class it was loaded from."""
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir) as tmp:
+        model.save(str(tmp), safe_serialization=True)
+        config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+        if "auto_map" in config:  # never point a loader at remote code
+            raise ValueError(f"{out_dir}: the encoder's config.json has an auto_map; refusing to export code")
+        # ST >= 5.4 keeps the length in the tokenizer's model_max_length; older loaders (and readers of the
+        # layout) look for it here. 5.x passes it to Transformer(max_seq_length=...), which agrees.
+        st_config_path = tmp / "sentence_bert_config.json"
+        st_config = json.loads(st_config_path.read_text(encoding="utf-8"))
+        st_config.update(max_seq_length=model.max_seq_length, do_lower_case=False)
+        st_config_path.write_text(json.dumps(st_config, indent=4) + "\n", encoding="utf-8")
+    return out_dir
+
+
+def is_sentence_transformer_dir(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / "modules.json").is_file()
+
+
+def load_sentence_transformer(source: str | os.PathLike[str], *, max_seq_length: int | None = None,
+                              pooling: str | None = None, normalize: bool | None = None,
+                              device: str | None = None) -> SentenceTransformer:
+    """A SentenceTransformer from an exported ST directory (as saved) or from our HF directory (built as
+    :func:`build_sentence_transformer` does). Never runs remote code."""
+    import m2bert  # noqa: F401 - registers the Auto classes
+    from sentence_transformers import SentenceTransformer
+
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: pass an M2-BERT HF directory or an exported "
+                                f"sentence-transformers directory")
+    if is_sentence_transformer_dir(path):
+        model = SentenceTransformer(str(path), device=device, trust_remote_code=False, local_files_only=True)
+        if max_seq_length is not None:
+            model.max_seq_length = max_seq_length
+        return model
+    return build_sentence_transformer(path, max_seq_length=max_seq_length, pooling=pooling, normalize=normalize,
+                                      device=device)
+
+
+__all__ = ["build_sentence_transformer", "export_sentence_transformer", "is_sentence_transformer_dir",
+           "load_sentence_transformer", "save_sentence_transformer"]
