@@ -1,0 +1,44 @@
+"""bench/embed_throughput.py on a few real documents: padded-to-maximum and length-bucketed batching give the
+same embeddings (the padding-invariance the benchmark's speed-up rests on), and the bucketed batches respect
+the token budget of one padded batch. Speed itself is measured by the benchmark, not here."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from tests.conftest import shared_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_embed_throughput", ROOT / "bench" / "embed_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bucketed_batches_sort_and_fit_the_budget():
+    bench = _bench()
+    lengths = [900, 10, 300, 2000, 64, 1500, 129]
+    batches = bench.bucketed_batches(lengths, token_budget=2048, multiple=128)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # every document once
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(lengths)
+    for b in batches:
+        longest = -(-max(lengths[i] for i in b) // 128) * 128
+        assert len(b) == 1 or len(b) * longest <= 2048
+
+
+def test_padded_and_bucketed_embeddings_agree(tmp_path, capsys):
+    shared = shared_path("data", "wikitext").parents[1]
+    bench = _bench()
+    bench.main(["--shared", str(shared), "--docs", "12", "--max-length", "1024", "--batch", "2", "--repeats", "1",
+                "--out", str(tmp_path), "--name", "tiny"])
+    result = json.loads((tmp_path / "tiny.json").read_text())
+    assert result["documents"]["count"] == 12 and result["documents"]["max_tokens"] <= 1024
+    assert result["max_abs_embedding_difference"] < 1e-4
+    assert result["batches"]["bucketed"]["count"] < result["batches"]["padded_to_max"]["count"]
+    assert result["ratio"] > 0 and (tmp_path / "tiny.md").is_file() and (tmp_path / "tiny.png").is_file()
+    assert json.loads(capsys.readouterr().out)["ratio"] == result["ratio"]
