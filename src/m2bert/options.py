@@ -79,6 +79,14 @@ class Parallel(Choice):
     fsdp = "fsdp"
 
 
+class RetrievalSchedule(Choice):
+    """The learning-rate schedule of retrieval fine-tuning (transformers' ``lr_scheduler_type``)."""
+
+    linear = "linear"
+    cosine = "cosine"
+    constant_with_warmup = "constant_with_warmup"
+
+
 class StartKind(Choice):
     """A GLUE start: our Hugging Face export, our Composer checkpoint, or an original M2-BERT checkpoint."""
 

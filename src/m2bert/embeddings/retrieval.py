@@ -24,8 +24,6 @@ from m2bert.options import ConfigError, unknown_keys
 
 log = logging.getLogger("m2bert.retrieval")
 
-POOLINGS = ("cls", "mean")
-SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 CUTOFFS = [1, 3, 5, 10, 100]
 
 
@@ -47,10 +45,6 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("retrieval.lr, retrieval.epochs and retrieval.scale must be > 0")
     if not 0.0 <= r.warmup_ratio < 1.0:
         raise ConfigError(f"retrieval.warmup_ratio={r.warmup_ratio} must be in [0, 1)")
-    if r.pooling is not None and r.pooling not in POOLINGS:
-        raise ConfigError(f"retrieval.pooling={r.pooling!r}; choose one of {', '.join(POOLINGS)} (or null: the model's)")
-    if r.scheduler not in SCHEDULERS:
-        raise ConfigError(f"retrieval.scheduler={r.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     if len(r.betas) != 2 or not all(0.0 <= b < 1.0 for b in r.betas):
         raise ConfigError(f"retrieval.betas={list(r.betas)} must be two numbers in [0, 1), e.g. [0.9,0.98]")
     if cfg.device not in ("auto", "cpu", "cuda"):
@@ -186,7 +180,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     device = _device(cfg)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device == "cuda")
     set_seed(cfg.seed)
-    model = build_sentence_transformer(start_dir, max_seq_length=r.max_seq_length, pooling=r.pooling,
+    model = build_sentence_transformer(start_dir, max_seq_length=r.max_seq_length, pooling=None if r.pooling is None else str(r.pooling),
                                        normalize=r.normalize, device=device)
     before = evaluate(model, queries, corpus, relevant, r.eval_batch_size) if cfg.eval_before else None
     if before:
@@ -201,7 +195,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     args = SentenceTransformerTrainingArguments(
         output_dir=str(run_dir / "trainer"), run_name=cfg.run_name, seed=cfg.seed, data_seed=cfg.seed,
         num_train_epochs=r.epochs, max_steps=r.max_steps, per_device_train_batch_size=r.batch_size,
-        learning_rate=r.lr, lr_scheduler_type=r.scheduler, warmup_ratio=r.warmup_ratio, weight_decay=r.weight_decay,
+        learning_rate=r.lr, lr_scheduler_type=str(r.scheduler), warmup_ratio=r.warmup_ratio, weight_decay=r.weight_decay,
         adam_beta1=r.betas[0], adam_beta2=r.betas[1], adam_epsilon=r.eps, max_grad_norm=r.max_grad_norm,
         bf16=bf16, use_cpu=device == "cpu", batch_sampler="no_duplicates" if r.no_duplicates else "batch_sampler",
         eval_strategy="no", save_strategy="no", logging_steps=cfg.logging_steps, disable_tqdm=True,

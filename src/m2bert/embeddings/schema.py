@@ -10,7 +10,7 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from m2bert.options import StartKind
+from m2bert.options import Pooling, RetrievalSchedule, StartKind
 from m2bert.train.schema import LoggerConfig
 
 
@@ -26,13 +26,13 @@ class RecipeConfig:
     epochs: float = 1.0
     max_steps: int = -1                    # > 0: stop after this many steps (overrides epochs)
     warmup_ratio: float = 0.06
-    scheduler: str = "linear"              # transformers' lr_scheduler_type: linear | cosine | constant_with_warmup
+    scheduler: RetrievalSchedule = RetrievalSchedule.linear  # transformers' lr_scheduler_type
     weight_decay: float = 1e-6
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     max_grad_norm: float = 1.0
     scale: float = 20.0                    # the loss's similarity scale (1 / temperature)
-    pooling: Optional[str] = "mean"        # cls | mean; null: the start model's config.pooling
+    pooling: Optional[Pooling] = Pooling.mean  # cls | mean; null: the start model's config.pooling
     normalize: Optional[bool] = None       # null: the start model's config.normalize_embeddings (else false)
     no_duplicates: bool = True             # no text twice in a batch (two queries of one document would be
                                            # each other's false negatives)
