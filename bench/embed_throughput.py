@@ -4,14 +4,16 @@ The original's long-context retrieval models assert that every input is padded t
 ``max_position_embeddings``, because padding leaks into real tokens there, so a 300-token
 document costs an 8192-token forward. Our model is padding-invariant, so documents can be
 sorted by length and batched with only as much padding as the longest document of the batch
-needs. This benchmark embeds the same real documents (windows of WikiText-2 articles with
-log-uniform lengths up to the maximum, ``m2bert.embeddings.retrieval_data.sample_documents``) both
-ways with the same model in one process, checks that the embeddings agree, and reports documents/s
-and the ratio. Timed passes alternate between the two ways; each way's best pass is reported with
-the spread of all passes.
+needs. This benchmark embeds the same real documents (``--corpus sample``: windows of WikiText-2
+articles with log-uniform lengths up to the maximum; ``retrieval``: the retrieval set's documents;
+``m2bert.embeddings.retrieval_data``) both ways with the same model in one process, checks that
+the embeddings agree, and reports documents/s and the ratio. Timed passes alternate between the two
+ways; each way's best pass is reported with the spread of all passes.
 
     python bench/embed_throughput.py --shared ../shared --max-length 8192 --docs 1000 \\
         --out bench/results --name embed_throughput_cpu
+    python bench/embed_throughput.py --shared ../shared --corpus retrieval --out bench/results \\
+        --name embed_throughput_cpu_retrieval_set
 """
 from __future__ import annotations
 
@@ -30,6 +32,11 @@ import torch
 from m2bert import cli_help
 
 log = logging.getLogger("bench.embed_throughput")
+
+CORPORA = {
+    "sample": "windows of WikiText-2 articles, lengths log-uniform up to the maximum (sample_documents)",
+    "retrieval": "documents of the offline WikiText-2 retrieval set (load_documents)",
+}
 
 
 def bucketed_batches(lengths: list[int], token_budget: int, multiple: int) -> list[list[int]]:
@@ -76,11 +83,14 @@ def embed_all(model: torch.nn.Module, docs: list[list[int]], batches: list[list[
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from m2bert import M2BertConfig, M2BertModel
     from m2bert.data.tokenizer import load_tokenizer
-    from m2bert.embeddings.retrieval_data import sample_documents
+    from m2bert.embeddings.retrieval_data import load_documents, sample_documents
 
     torch.manual_seed(0)
     shared = Path(args.shared)
-    texts = sample_documents(shared, n=args.docs, max_tokens=args.max_length)
+    if args.corpus == "sample":
+        texts = sample_documents(shared, n=args.docs, max_tokens=args.max_length)
+    else:
+        texts = load_documents(shared, max_tokens=args.max_length)[: args.docs]
     tokenizer = load_tokenizer(str(shared / "data" / "bert-base-uncased"))
     docs = [tokenizer(t, truncation=True, max_length=args.max_length)["input_ids"] for t in texts]
     lengths = [len(d) for d in docs]
@@ -111,6 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__},
         "command": "python bench/embed_throughput.py " + " ".join(args.argv),
+        "corpus": args.corpus,
         "model": {"preset": args.preset, "max_length": args.max_length, "hidden_size": config.hidden_size,
                   "layers": config.num_hidden_layers, "params": sum(p.numel() for p in model.parameters()),
                   "weights": "random init (throughput does not depend on the values)"},
@@ -145,7 +156,7 @@ def write(result: dict[str, Any], out: Path, name: str) -> None:
         "",
         f"Model: {r['model']['preset']} at max length {r['model']['max_length']} "
         f"({r['model']['params'] / 1e6:.1f}M parameters), mean pooling.",
-        f"Documents: {d['count']} windows of WikiText-2 articles, {d['tokens']} tokens, "
+        f"Documents: {d['count']} {CORPORA[r['corpus']]}, {d['tokens']} tokens, "
         f"{d['min_tokens']}–{d['max_tokens']} per document (median {d['median_tokens']}).",
         "",
         "| way | batches | docs/s (best pass) | seconds per pass |",
@@ -183,7 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shared", default="../shared", help="the shared folder (data/wikitext, data/bert-base-uncased)")
     p.add_argument("--preset", default="m2-bert-tiny", help="model size (M2BertConfig preset); default m2-bert-tiny")
     p.add_argument("--max-length", type=int, default=8192, help="the maximum length every input is padded to")
-    p.add_argument("--docs", type=int, default=1000, help="documents to embed")
+    p.add_argument("--corpus", choices=sorted(CORPORA), default="sample",
+                   help="sample: N windows of log-uniform length; retrieval: the retrieval set's documents")
+    p.add_argument("--docs", type=int, default=1000, help="documents to embed (at most the corpus's)")
     p.add_argument("--batch", type=int, default=4, help="rows per padded-to-max batch (the token budget of both)")
     p.add_argument("--multiple", type=int, default=128, help="bucketed batches pad to a multiple of this")
     p.add_argument("--repeats", type=int, default=2, help="timed passes of each way, alternating")
