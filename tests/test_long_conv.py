@@ -6,7 +6,7 @@ import torch
 import torch._dynamo
 
 from m2bert.model import long_conv as long_conv_module
-from m2bert.model.long_conv import conv_spectrum, long_conv, resolve_impl
+from m2bert.model.long_conv import conv_spectrum, fft_size, long_conv, resolve_impl
 
 
 def direct_definition(u, k_fwd, k_rev, bias):
@@ -23,7 +23,7 @@ def direct_definition(u, k_fwd, k_rev, bias):
 
 
 @pytest.mark.parametrize("impl", ["fft", "monarch", "direct", "auto"])
-@pytest.mark.parametrize("seqlen", [1, 12, 50, 64])
+@pytest.mark.parametrize("seqlen", [1, 11, 12, 37, 50, 64])  # 11, 37: the FFT pads 2L to 24, 80
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_matches_definition(impl, seqlen, bidirectional):
     u = torch.randn(2, seqlen, 3, dtype=torch.float64)
@@ -96,3 +96,17 @@ def test_auto_with_a_split_table_matches_definition_and_compiles_in_one_graph(mo
     torch._dynamo.reset()
     explained = torch._dynamo.explain(long_conv)(u, k_fwd, k_rev, bias, "auto")
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+
+
+def test_fft_size_is_even_smooth_and_at_least_2l():
+    def smooth(n):
+        for p in (2, 3, 5, 7):
+            while n % p == 0:
+                n //= p
+        return n == 1
+
+    for seqlen in range(1, 600):
+        n = fft_size(seqlen)
+        assert n >= 2 * seqlen and n % 2 == 0 and smooth(n)
+        assert not any(smooth(m) for m in range(2 * seqlen, n, 2))  # the smallest such
+    assert fft_size(128) == 256 and fft_size(128 * 37) == 9600 and fft_size(8192) == 16384
