@@ -19,7 +19,7 @@ from tests.conftest import compose_glue, compose_pretrain
 
 def test_model_config_and_schemas_share_the_choices():
     assert m2config.KERNEL_CHOICES == options.choices(Kernels) == ("auto", "triton", "torch")
-    assert m2config.LONG_CONV_IMPLS == options.choices(LongConvImpl) == ("fft", "monarch", "direct")
+    assert m2config.LONG_CONV_IMPLS == options.choices(LongConvImpl) == ("fft", "monarch", "direct", "auto")
     assert m2config.POOLINGS == options.choices(Pooling) == ("cls", "mean")
     assert choice_of(PretrainConfig, "impl.kernels") is Kernels
     assert choice_of(PretrainConfig, "impl.long_conv_impl") is LongConvImpl

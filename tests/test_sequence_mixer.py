@@ -31,7 +31,7 @@ def test_short_conv_matches_conv1d_with_gradients():
     assert torch.autograd.gradcheck(causal_short_conv, (x, w, b))
 
 
-@pytest.mark.parametrize("impl", ["fft", "monarch", "direct"])
+@pytest.mark.parametrize("impl", ["fft", "monarch", "direct", "auto"])
 @pytest.mark.parametrize("residual", [True, False])
 def test_layer_is_in_linear_reference_out_linear(impl, residual):
     """MonarchSequenceMixer (kernels: torch) = out_linear(reference(in_linear(u), filters)): the contract the

@@ -43,11 +43,13 @@ class Kernels(Choice):
 
 
 class LongConvImpl(Choice):
-    """How the long convolution is computed (m2bert.model.long_conv); all three give the same result."""
+    """How the long convolution is computed (m2bert.model.long_conv); all give the same result. ``auto``: the
+    fastest form for the device and length, from a measured table (``long_conv.AUTO_FORMS``)."""
 
     fft = "fft"
     monarch = "monarch"
     direct = "direct"
+    auto = "auto"
 
 
 class Pooling(Choice):

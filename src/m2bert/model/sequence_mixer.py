@@ -7,6 +7,7 @@ import torch.nn as nn
 from m2bert.config import M2BertConfig
 from m2bert.model import kernel_switch
 from m2bert.model.implicit_filter import ImplicitFilter
+from m2bert.model.long_conv import resolve_impl
 from m2bert.model.seq_mixer_conv import gated_long_conv
 
 
@@ -53,8 +54,9 @@ class MonarchSequenceMixer(nn.Module):
             y = kernel_switch.seq_mixer_conv(proj, u, mask, self.short_conv.weight, self.short_conv.bias, k_fwd, k_rev,
                                              self.long_conv.bias, k2_fwd, k2_rev, res.bias if res is not None else None)
             return self.out_linear(y)
+        impl = resolve_impl(self.impl, seqlen, proj.device)  # once per length: the spectra are in its form
         y = gated_long_conv(proj, u, mask, self.short_conv.weight, self.short_conv.bias,
-                            self.long_conv.spectrum(seqlen, self.impl), self.long_conv.bias,
-                            res.spectrum(seqlen, self.impl) if res is not None else None,
-                            res.bias if res is not None else None, self.impl, inplace=True)
+                            self.long_conv.spectrum(seqlen, impl), self.long_conv.bias,
+                            res.spectrum(seqlen, impl) if res is not None else None,
+                            res.bias if res is not None else None, impl, inplace=True)
         return self.out_linear(y)
