@@ -11,9 +11,9 @@ the embeddings agree, and reports documents/s and the ratio. Timed passes altern
 ways; each way's best pass is reported with the spread of all passes.
 
     python bench/embed_throughput.py --shared ../shared --max-length 8192 --docs 1000 \\
-        --out bench/results --name embed_throughput_cpu
+        --out bench/results --name embed_throughput_cpu --overwrite
     python bench/embed_throughput.py --shared ../shared --corpus retrieval --out bench/results \\
-        --name embed_throughput_cpu_retrieval_set
+        --name embed_throughput_cpu_retrieval_set --overwrite
 """
 from __future__ import annotations
 
@@ -203,10 +203,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed embedding difference")
     p.add_argument("--out", default=None, help="folder for NAME.json/.md/.png (default: print JSON only)")
     p.add_argument("--name", default="embed_throughput_cpu")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier NAME.json/.md/.png in --out")
     args = p.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     if not (Path(args.shared) / "data" / "wikitext").is_dir():
         p.error(f"{args.shared}/data/wikitext not found: pass --shared with the shared data folder")
+    if args.out and not args.overwrite and (Path(args.out) / f"{args.name}.json").exists():
+        p.error(f"{Path(args.out) / (args.name + '.json')} exists: pass --overwrite to replace it, or another --name")
     result = run(args)
     if args.out:
         write(result, Path(args.out), args.name)

@@ -7,6 +7,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import shared_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,3 +44,12 @@ def test_padded_and_bucketed_embeddings_agree(tmp_path, capsys):
     assert result["batches"]["bucketed"]["count"] < result["batches"]["padded_to_max"]["count"]
     assert result["ratio"] > 0 and (tmp_path / "tiny.md").is_file() and (tmp_path / "tiny.png").is_file()
     assert json.loads(capsys.readouterr().out)["ratio"] == result["ratio"]
+
+
+def test_an_earlier_result_is_not_overwritten(tmp_path, capsys):
+    (tmp_path / "tiny.json").write_text("{}")
+    shared = shared_path("data", "wikitext").parents[1]
+    with pytest.raises(SystemExit) as exc:
+        _bench().main(["--shared", str(shared), "--out", str(tmp_path), "--name", "tiny"])
+    assert exc.value.code == 2 and "tiny.json exists: pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "tiny.json").read_text() == "{}"
