@@ -134,7 +134,7 @@ def test_regression_head_uses_mse():
 
 def test_param_groups_partition_and_rates():
     model = M2BertForMaskedLM(tiny(long_conv_kernel_learning_rate=1e-3, hyena_wd=0.1, hyena_lr_pos_emb=1e-5))
-    groups = param_groups(model)
+    groups = param_groups(model, filter_decay="weak")  # the original's groups: tests/test_filter_recipe.py
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
     default, filters, pos = groups
@@ -181,7 +181,9 @@ def test_inference_filter_cache_follows_weight_changes():
 
 
 def test_decoupled_weight_decay_is_per_step_equivalent():
-    """DecoupledAdamW's weight decay is a per-step factor: the filters get lr·hyena_wd."""
+    """filter_decay=weak: DecoupledAdamW's weight decay is a per-step factor, so the filters get lr·hyena_wd;
+    filter_decay=original hands hyena_wd over as is (x0.9 every step), as the original does."""
     model = M2BertForMaskedLM(tiny(long_conv_kernel_learning_rate=1e-3, hyena_wd=0.1))
-    assert param_groups(model)[1]["weight_decay"] == 0.1
-    assert param_groups(model, decoupled=True)[1]["weight_decay"] == pytest.approx(1e-4)
+    assert param_groups(model, filter_decay="weak")[1]["weight_decay"] == 0.1
+    assert param_groups(model, decoupled=True, filter_decay="weak")[1]["weight_decay"] == pytest.approx(1e-4)
+    assert param_groups(model, decoupled=True, filter_decay="original")[1]["weight_decay"] == 0.1

@@ -134,7 +134,8 @@ def build_optimizer(model: torch.nn.Module, spec: JobSpec) -> torch.optim.Optimi
 
     s, shared = spec.settings, spec.config.glue.optimizer
     return builders.build_optimizer(model, OptimizerConfig(  # type: ignore[arg-type]  # read by attribute
-        name=s.optimizer, lr=s.lr, betas=list(shared.betas), eps=shared.eps, weight_decay=s.weight_decay))
+        name=s.optimizer, lr=s.lr, betas=list(shared.betas), eps=shared.eps, weight_decay=s.weight_decay,
+        filter_decay=shared.filter_decay))
 
 
 def job_trainer(spec: JobSpec, task: GlueTask, start: Start, composer_model: Any, data: JobData, device: str,

@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from m2bert.options import (
     ConfigError,
     Execution,
+    FilterDecay,
     Kernels,
     Optimizer,
     Pooling,
@@ -52,6 +53,7 @@ class OptimizerShared:
 
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
+    filter_decay: FilterDecay = FilterDecay.original  # M2's implicit filters (m2bert.options.FilterDecay)
 
 
 @dataclass

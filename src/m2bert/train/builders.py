@@ -72,6 +72,9 @@ def build_mlm_model(model_cfg: DictConfig, impl_cfg: DictConfig, tokenizer_len: 
             raise ConfigError(f"model.preset={model_cfg.preset!r}; choose one of {sorted(BERT_PRESETS)}")
         valid = set(BertConfig().to_dict())
         unknown = set(overrides) - valid
+        if unknown & set(M2BertConfig().to_dict()):
+            raise ConfigError(f"model.overrides {sorted(unknown)} are M2 settings, not BertConfig fields: with model="
+                              f"{model_cfg.preset.replace('-', '_')} use filters=original (filters=keep/weak are M2 recipes)")
         if unknown:
             raise ConfigError(f"model.overrides has unknown BertConfig field(s) {sorted(unknown)}")
         fields = {**BERT_PRESETS[model_cfg.preset], **overrides}
@@ -81,10 +84,11 @@ def build_mlm_model(model_cfg: DictConfig, impl_cfg: DictConfig, tokenizer_len: 
 
 
 def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
-    """DecoupledAdamW (the paper's) or AdamW, with the implicit filters' own groups for M2."""
+    """DecoupledAdamW (the paper's) or AdamW, with the implicit filters' own groups for M2
+    (``cfg.filter_decay``: m2bert.options.FilterDecay)."""
     decoupled = cfg.name == "decoupled_adamw"
     if hasattr(model.config, "long_conv_kernel_learning_rate"):
-        groups = param_groups(model, decoupled=decoupled)
+        groups = param_groups(model, decoupled=decoupled, filter_decay=str(getattr(cfg, "filter_decay", None) or "original"))
     else:
         groups = [{"params": list(model.parameters())}]
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)

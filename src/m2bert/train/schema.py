@@ -14,7 +14,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from m2bert.options import Kernels, LongConvImpl, ModelFamily, Optimizer, Parallel, Scheduler
+from m2bert.options import FilterDecay, Kernels, LongConvImpl, ModelFamily, Optimizer, Parallel, Scheduler
 
 
 @dataclass
@@ -47,6 +47,9 @@ class OptimizerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     weight_decay: float = 1e-5
+    # M2's implicit filters: the original's groups and decay (they collapse), or weak decay (README, "The filters'
+    # recipe"); their lr and decay coefficient are model fields (long_conv_kernel_learning_rate, hyena_wd).
+    filter_decay: FilterDecay = FilterDecay.original
 
 
 @dataclass
@@ -110,6 +113,9 @@ class PretrainConfig:
     load_path: Optional[str] = None
     trust_checkpoint: bool = False  # skip the weights-only check of load_path / autoresume files (trusted files only)
     export_hf: bool = True
+    # After training: held-out loss with full rows vs 8-token windows vs right context hidden, on this many eval
+    # rows (m2bert.train.context_use); 0 = skip.
+    context_eval_rows: int = 64
     progress_bar: bool = False
     console_log_interval: str = "100ba"
     device: str = "auto"  # auto | cpu | gpu
