@@ -106,6 +106,10 @@ class M2BertConfig(PretrainedConfig):
         monarch_mlp_nblocks: int = 4,
         use_positional_encodings: bool = True,
         # Our additions.
+        # Init-only scales of the implicit filters (their MLPs' output layers): 1 = the original's init; 0 starts
+        # a long convolution at zero, to grow only where training finds it useful (README, "The filters' recipe").
+        long_conv_init_scale: float = 1.0,
+        residual_long_conv_init_scale: float = 1.0,
         pooling: str = "cls",
         padding_invariant: bool = True,
         # Sentence embeddings (the original's gather_sentence_embeddings / use_normalized_embeddings / use_cls_token).
@@ -146,6 +150,8 @@ class M2BertConfig(PretrainedConfig):
         self.use_monarch_mlp = use_monarch_mlp
         self.monarch_mlp_nblocks = monarch_mlp_nblocks
         self.use_positional_encodings = use_positional_encodings
+        self.long_conv_init_scale = long_conv_init_scale
+        self.residual_long_conv_init_scale = residual_long_conv_init_scale
         # str(): a config's choice (an m2bert.options member) is stored as its plain string.
         self.pooling = str(pooling)
         self.padding_invariant = padding_invariant

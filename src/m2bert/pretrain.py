@@ -52,7 +52,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from m2bert.data.tokenizer import load_tokenizer
     from m2bert.train import builders
     from m2bert.train import runs
-    from m2bert.train.callbacks import EvalHistory, ResumableRNG
+    from m2bert.train.callbacks import EvalHistory, FilterEnergy, ResumableRNG
+    from m2bert.train.context_use import context_use
     from m2bert.train.checkpoint_safety import check_checkpoint
     from m2bert.train.composer_models import ComposerMLM
     from m2bert.train.torch_compile import CompileTimer, composer_compile_config
@@ -97,7 +98,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     train_loader = loader(cfg.data.train_split, cfg.data.mlm_probability, cfg.global_train_batch_size // world, True)
     eval_loader = loader(cfg.data.eval_split, cfg.data.eval_mlm_probability, cfg.device_eval_batch_size, False)
     composer_model = ComposerMLM(model)
-    history = EvalHistory()
+    history, filters = EvalHistory(), FilterEnergy()
     microbatch = min(cfg.impl.device_train_microbatch_size, cfg.global_train_batch_size // world)
     trainer = Trainer(
         model=composer_model,
@@ -109,7 +110,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         eval_interval=cfg.eval_interval,
         eval_subset_num_batches=cfg.eval_subset_num_batches,
         algorithms=[GradientClipping(clipping_type="norm", clipping_threshold=cfg.grad_clip_norm)] if cfg.grad_clip_norm > 0 else [],
-        callbacks=builders.build_callbacks(device) + [history, ResumableRNG()]
+        callbacks=builders.build_callbacks(device) + [history, filters, ResumableRNG()]
         + ([CompileTimer()] if compile_config is not None else []),
         loggers=builders.build_loggers(cfg.logger, run_name),
         run_name=run_name,
@@ -138,7 +139,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "checkpoints": save_folder,
         "batches": int(trainer.state.timestamp.batch),
         "eval": history.records,
+        "filter_energy": filters.records,
     }
+    if cfg.context_eval_rows > 0 and not fsdp:  # under FSDP every rank would have to run the same forwards
+        summary["context_use"] = context_use(model, eval_loader, rows=cfg.context_eval_rows)
+        trainer.logger.log_metrics({f"context_use/{k}": v for k, v in summary["context_use"].items()})
+        log.info("context use: %s", summary["context_use"])
     # Under FSDP every rank holds a shard: all of them gather the weights, rank 0 writes them.
     full_state = builders.gather_full_state_dict(trainer.state.model, tied) if fsdp and cfg.export_hf else None
     if dist.get_global_rank() == 0:

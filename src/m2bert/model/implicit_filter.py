@@ -53,9 +53,11 @@ class ImplicitFilter(nn.Module):
         w_mod: float = 1.0,
         bidirectional: bool = True,
         num_inner_mlps: int = 2,
+        init_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.channels, self.seq_len, self.w_mod = channels, seq_len, w_mod
+        self.init_scale = init_scale  # read by M2BertPreTrainedModel._init_weights
         # Shapes (1, L, E), (1, L, 1), (1, 1, H), (1, order) as in the original's state dict.
         z, t = positional_features(seq_len, emb_dim)
         self.z = nn.Parameter(z[None])
@@ -93,6 +95,16 @@ class ImplicitFilter(nn.Module):
             )
         k_rev = self._generate(self.mlp_rev, seq_len) if self.mlp_rev is not None else None
         return self._generate(self.mlp_fwd, seq_len), k_rev
+
+    @torch.no_grad()
+    def tail_energy(self, min_lag: int = 3) -> float:
+        """Σ k² over lags |lag| ≥ ``min_lag`` (both directions, all channels): what the filters mix from beyond the
+        3-tap short convolution's reach (lags 0..2). Near 0, the long convolution has collapsed to a local one."""
+        k_fwd, k_rev = self(self.seq_len)
+        energy = k_fwd[min_lag:].float().pow(2).sum()
+        if k_rev is not None:  # k_rev[m - 1] is the tap at lag -m
+            energy = energy + k_rev[min_lag - 1:].float().pow(2).sum()
+        return float(energy)
 
     def spectrum(self, seq_len: int, impl: str) -> torch.Tensor:
         """The filters as the long convolution applies them (see ``long_conv.conv_spectrum``).

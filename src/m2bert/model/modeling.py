@@ -18,6 +18,7 @@ from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOut
 from m2bert.config import M2BertConfig
 from m2bert.model.dimension_mixer import MonarchMLP
 from m2bert.model.embeddings import M2BertEmbeddings
+from m2bert.model.implicit_filter import ImplicitFilter
 from m2bert.model.heads import ClassificationHead, M2MaskedLMOutput, MLMHead, decode_masked
 from m2bert.model.inputs import check_shapes, check_values, should_check_values
 from m2bert.model.monarch import BlockdiagLinear
@@ -59,6 +60,11 @@ class M2BertPreTrainedModel(PreTrainedModel):
             module.bias.data.zero_()
         elif isinstance(module, BlockdiagLinear):
             module.reset_parameters()
+        elif isinstance(module, ImplicitFilter) and module.init_scale != 1.0:
+            # Applied after the filter's own Linear layers (``apply`` visits children first): scales the filters.
+            for mlp in (module.mlp_fwd, module.mlp_rev):
+                if mlp is not None:
+                    mlp[-1].weight.data.mul_(module.init_scale)
 
 
 @dataclass

@@ -33,8 +33,9 @@ class MonarchSequenceMixer(nn.Module):
             w_mod=config.hyena_w_mod,
             bidirectional=config.bidirectional,
         )
-        self.long_conv = ImplicitFilter(**filter_args)
-        self.residual_long_conv = ImplicitFilter(**filter_args) if config.residual_long_conv else None
+        self.long_conv = ImplicitFilter(**filter_args, init_scale=config.long_conv_init_scale)
+        self.residual_long_conv = (ImplicitFilter(**filter_args, init_scale=config.residual_long_conv_init_scale)
+                                   if config.residual_long_conv else None)
 
     def forward(self, u: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """u: (B, L, H); mask: (B, L, 1) with 0 at padding, or None to mix every position.

@@ -55,3 +55,59 @@ class ResumableRNG(Callback):
 
             reproducibility.load_rng_state(self._pending)
             self._pending = None
+
+
+def implicit_filters(model: Any) -> dict[str, Any]:
+    """Every implicit filter of ``model``, named ``layer<i>.long_conv`` / ``layer<i>.residual_long_conv``."""
+    import re
+
+    from m2bert.model.implicit_filter import ImplicitFilter
+
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, ImplicitFilter):
+            layer = re.search(r"layers\.(\d+)\.", name)
+            out[f"layer{layer.group(1) if layer else '?'}.{name.rsplit('.', 1)[-1]}"] = module
+    return out
+
+
+def filter_stats(model: Any) -> dict[str, dict[str, float]]:
+    """Per implicit filter: its energy at lags ≥ 3 (``ImplicitFilter.tail_energy``) and its mean |freq|."""
+    return {name: {"energy": f.tail_energy(), "freq": float(f.freq.detach().abs().mean())}
+            for name, f in implicit_filters(model).items()}
+
+
+class FilterEnergy(Callback):
+    """Logs, at every evaluation and to every logger, each implicit filter's energy at lags ≥ 3 relative to its
+    value at the start of training (``filter_energy/<layer>.<conv>``) and its mean sine frequency
+    (``filter_freq/...``): whether the long convolutions stay long. A recipe whose filters decay to ~0 leaves M2
+    mixing tokens only through its short convolutions, which the MLM loss does not show (README, "The filters'
+    recipe"). The start values travel in checkpoints, so a resumed run keeps its reference."""
+
+    def __init__(self) -> None:
+        self.initial: dict[str, dict[str, float]] | None = None
+        self.records: list[dict[str, Any]] = []
+
+    def init(self, state: State, logger: Logger) -> None:
+        self.initial = filter_stats(state.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"initial": self.initial}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.initial = state.get("initial") or self.initial
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        now = filter_stats(state.model)
+        if not now:
+            return
+        initial = self.initial or now
+        # A filter that starts at zero (``*_init_scale=0``) has no relative energy: its absolute one is logged.
+        relative = {name: s["energy"] / initial[name]["energy"] if initial[name]["energy"] > 0 else None
+                    for name, s in now.items()}
+        logger.log_metrics({**{f"filter_energy/{k}": v for k, v in relative.items() if v is not None},
+                            **{f"filter_energy_abs/{k}": s["energy"] for k, s in now.items()},
+                            **{f"filter_freq/{k}": s["freq"] for k, s in now.items()}})
+        self.records.append({"batch": int(state.timestamp.batch), "energy_relative": relative,
+                             "energy": {k: s["energy"] for k, s in now.items()},
+                             "freq": {k: s["freq"] for k, s in now.items()}})
