@@ -180,38 +180,24 @@ def test_context_use_is_zero_for_a_model_that_ignores_context():
     assert abs(result["gain_window"]) < 1e-4 and abs(result["gain_right"]) < 1e-4
 
 
-# The regression guard: m2-bert-tiny on the offline sample (``sample_mds``), the recommended recipe. Thresholds
-# measured with ``python bench/filter_recipe_probes.py guard`` (bench/results/filter_guard.{json,md}: the same run
-# for filters=keep, weak and original), each with a margin; weak (the default before) and original fail them.
-GUARD_SETTINGS = {
-    "global_train_batch_size": 16, "impl.device_train_microbatch_size": 16, "device_eval_batch_size": 64,
-    "eval_subset_num_batches": 4, "max_duration": "150ba", "eval_interval": "150ba", "optimizer.lr": "2e-3",
-    "scheduler": "constant_with_warmup", "scheduler.t_warmup": "30ba", "save_interval": "1000ba", "export_hf": "false",
-    "console_log_interval": "1000ba", "context_eval_rows": 32, "device": "cpu",
-}
-GUARD_THRESHOLDS = {"loss_below": 5.86, "filter_energy_min_above": 2.0, "gain_right_above": 0.12}
+def _probes_module():
+    """bench/filter_recipe_probes.py, where the guard run and its measured thresholds are defined."""
+    import importlib.util
+    from pathlib import Path
 
-
-def guard_run(mds: str, tokenizer: str, run_root: str, filters: str) -> dict[str, float]:
-    """One guard run; returns its final held-out loss, smallest relative filter energy and context gains."""
-    from m2bert.cli import compose
-    from m2bert.pretrain import run
-
-    overrides = ["model=m2_bert_tiny", "data=sample", f"data.local={mds}", f"data.tokenizer={tokenizer}",
-                 f"filters={filters}", f"run_root={run_root}", f"run_name=guard_{filters}",
-                 *(f"{k}={v}" for k, v in GUARD_SETTINGS.items())]
-    summary = run(compose("pretrain", overrides))
-    energies = [v for v in summary["filter_energy"][-1]["energy_relative"].values() if v is not None]
-    return {"loss": round(summary["eval"][-1]["loss"], 4), "accuracy": round(summary["eval"][-1]["accuracy"], 4),
-            "filter_energy_min": round(min(energies), 6), "gain_right": summary["context_use"]["gain_right"],
-            "gain_window": summary["context_use"]["gain_window"]}
+    path = Path(__file__).resolve().parents[1] / "bench" / "filter_recipe_probes.py"
+    spec = importlib.util.spec_from_file_location("bench_filter_recipe_probes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_recommended_recipe_learns_and_keeps_its_long_convolutions(sample_mds, tmp_path):
     """filters=keep: the loss falls below what the earlier recipes reach in the same run, the long filters do not
     shrink, and the model uses right context (an M2 with collapsed filters gains exactly 0 from it)."""
-    got = guard_run(str(sample_mds["mds"]), str(sample_mds["tokenizer"]), str(tmp_path), "keep")
-    t = GUARD_THRESHOLDS
+    probes = _probes_module()
+    got = probes.guard_run(str(sample_mds["mds"]), str(sample_mds["tokenizer"]), str(tmp_path), "keep")
+    t = probes.GUARD_THRESHOLDS
     assert got["loss"] < t["loss_below"], got
     assert got["filter_energy_min"] > t["filter_energy_min_above"], got
     assert got["gain_right"] > t["gain_right_above"], got
