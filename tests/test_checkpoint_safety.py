@@ -139,12 +139,12 @@ def test_genuine_checkpoint_resumes(ours, sample_mds, tmp_path):
 
 
 def test_trust_checkpoint_skips_the_check_with_a_warning(ours, tmp_path, caplog):
-    from m2bert.train.checkpoint_safety import check_checkpoint
+    from m2bert.train.checkpoint_safety import warn_trusted
 
     marker = tmp_path / "marker"
     evil = _evil(ours, tmp_path / "evil.pt", marker)
     with caplog.at_level("WARNING"):
-        check_checkpoint(evil, trust=True)
+        warn_trusted(evil)
     assert "without checks" in caplog.text and not marker.exists()  # skipped, not loaded
 
 
