@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from transformers import BertConfig, PretrainedConfig
 
-from m2bert.config import M2BertConfig
+from m2bert.config import M2BertConfig, check_sizes
 from m2bert.glue.schema import StartConfig
 from m2bert.options import ConfigError
 from m2bert.train.checkpoint_safety import check_contents, check_shapes, load_checkpoint_safely, warn_trusted
@@ -50,7 +50,11 @@ def config_from_dict(d: dict[str, Any], where: str = "config") -> PretrainedConf
     if cls is None:
         raise ConfigError(f"start: {where} is a {d.get('model_type')!r} config; m2bert fine-tunes "
                           f"{' or '.join(sorted(_CONFIG_CLASSES))} models")
-    return cls.from_dict(d)
+    try:
+        check_sizes(d)  # BertConfig does not check them (M2BertConfig.validate does)
+        return cls.from_dict(d)
+    except ValueError as e:
+        raise ConfigError(f"start: {where}: {e}") from None
 
 
 def is_m2(config: PretrainedConfig) -> bool:
