@@ -61,7 +61,7 @@ def _evil(ours: dict[str, Path], path: Path, marker: Path, legacy: bool = False)
     return path
 
 
-def _one_line_refusal(err: pytest.ExceptionInfo, path: Path, key: str) -> None:
+def _one_line_refusal(err: pytest.ExceptionInfo, path: Path | str, key: str) -> None:
     msg = str(err.value)
     assert "\n" not in msg and str(path) in msg and "exec" in msg and f"{key}=true" in msg, msg
 
@@ -322,3 +322,37 @@ def test_checkpoint_of_another_size_is_one_line_naming_the_key(ours, sample_mds,
         load_classifier(resolve_start("composer", str(other), config=str(ours["hf"])), num_labels=2, pooling="cls")
     with pytest.raises(ConfigError, match=rf"{other}: model\.{want}"):
         run(compose_pretrain(_overrides(sample_mds, tmp_path, "size") + [f"load_path={other}", "export_hf=false"]))
+
+
+def test_remote_load_path_is_downloaded_privately_then_verified(ours, tmp_path):
+    """A URL is fetched with Composer's get_file into the private folder and checked like a local file; refusals
+    name the URL."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from m2bert.train.checkpoint_safety import verified_checkpoint
+
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(ours["ckpt"], served / "good.pt")
+    _evil(ours, served / "evil.pt", tmp_path / "marker")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with verified_checkpoint(f"{base}/good.pt") as verified:
+            private = Path(verified.path).parent
+            assert oct(private.stat().st_mode & 0o777) == "0o700" and os.listdir(private) == ["verified.pt"]
+            assert load_checkpoint_safely(verified.path)["state"]["model"].keys() == \
+                load_checkpoint_safely(ours["ckpt"])["state"]["model"].keys()
+        assert not private.exists()
+        with pytest.raises(ConfigError) as err:
+            with verified_checkpoint(f"{base}/evil.pt"):
+                pass
+        _one_line_refusal(err, f"{base}/evil.pt", "trust_checkpoint")
+        assert not (tmp_path / "marker").exists()
+    finally:
+        server.shutdown()
