@@ -8,7 +8,9 @@
 * ``kill -9`` during a checkpoint save leaves a truncated ``ep*-ba*-rank*.pt`` (Composer's
   autoresume then stops on it with FileExistsError) or a ``latest-rank*.pt`` link to a missing
   file (Composer then silently restarts from batch 0). :func:`prepare_autoresume` sets partial
-  files aside and points ``latest`` at the newest complete checkpoint before the Trainer is built.
+  files aside and points ``latest`` at the newest complete checkpoint before the Trainer is built;
+  ``m2bert.pretrain`` then reads that checkpoint once, verified, and gives Composer a private re-save
+  as ``load_path`` (Composer's own autoresume, which reads ``latest`` itself, runs only for trusted files).
 """
 from __future__ import annotations
 
