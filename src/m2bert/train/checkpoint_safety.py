@@ -69,7 +69,7 @@ def _disallowed(message: str) -> str:
     m = re.search(r"Unsupported operand (\d+)", message)
     if m:
         op = pickletools.code2op.get(chr(int(m.group(1))))
-        return f"uses the pickle opcode {op.name if op else 'byte ' + m.group(1)}"
+        return f"uses the opcode {op.name if op else 'byte ' + m.group(1)}"
     for pattern in (r"Unsupported global: GLOBAL ([\w.]+)", r"got <class '([\w.]+)'>", r"GLOBAL ([\w.]+)"):
         m = re.search(pattern, message)
         if m:
