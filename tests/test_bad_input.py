@@ -272,6 +272,28 @@ def test_time_check_agrees_with_composer():
         assert ours_ok == composer_ok, text
 
 
+@pytest.mark.parametrize("field, value, limit", [("hidden_size", 10 ** 9, "32,768"), ("vocab_size", 10 ** 10, "2,097,152"),
+                                                 ("max_position_embeddings", 0, "1,048,576")])
+def test_model_folder_with_absurd_sizes_is_refused_before_allocating(tmp_path, field, value, limit):
+    """A config.json asking for 1e9 hidden units (or 1e10 words, or no positions) is one line naming the field and
+    its limit, before any weight is read or allocated (M2BertConfig.validate; for BERT, the start's check)."""
+    from m2bert.glue.start import resolve_start
+    from m2bert.options import ConfigError
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    config = M2BertConfig.from_preset("m2-bert-tiny").to_dict()
+    (folder / "config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(ConfigError, match=rf"config\.json: {field}={value} must be a positive integer <= {limit}$"):
+        resolve_start("hf", str(folder))
+    with pytest.raises(ValueError, match=rf"^{field}={value} must be"):
+        M2BertConfig.from_dict({**config, field: value})
+    bert = {"model_type": "bert", "hidden_size": 64, "num_attention_heads": 2, field: value}
+    (folder / "config.json").write_text(json.dumps(bert))
+    with pytest.raises(ConfigError, match=rf"{field}={value} must be a positive integer"):
+        resolve_start("hf", str(folder))
+
+
 # ----------------------------------------------------------------------------- GLUE
 
 _STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"

@@ -53,3 +53,27 @@ def test_missing_paths_are_named(tmp_path: Path) -> None:
         load_tokenizer(tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="corpus file .*nothere.txt"):
         train_wordpiece([tmp_path / "nothere.txt"], tmp_path / "t", vocab_size=300)
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def test_pickled_tokenizer_is_refused(tmp_path: Path) -> None:
+    """A TransfoXL tokenizer folder's vocab.pkl is unpickled by transformers: refused, in one line, unread."""
+    import pickle
+
+    marker = tmp_path / "marker"
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "TransfoXLTokenizer"}))
+    (folder / "vocab.pkl").write_bytes(pickle.dumps({"idx2sym": ["a"], "note": _Payload(marker)}))
+    with pytest.raises(ValueError) as err:
+        load_tokenizer(folder)
+    msg = str(err.value)
+    assert "\n" not in msg and "vocab.pkl" in msg and "never loads pickled tokenizers" in msg, msg
+    assert not marker.exists()

@@ -6,6 +6,7 @@ original has the field, so original configs and users' habits carry over.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -19,6 +20,24 @@ POOLINGS = choices(Pooling)
 # results, so a saved config.json leaves them out; a run sets them (impl.kernels, impl.long_conv_impl). An
 # older config.json that holds them still loads.
 RUN_FIELDS = ("kernels", "long_conv_impl", "check_inputs")
+
+# Sanity limits of the sizes a model allocates by: a config.json with hidden_size=1e9 or vocab_size=1e10 would
+# otherwise ask for terabytes before failing, and max_position_embeddings=0 fails deep inside forward. Far above
+# any released BERT or M2-BERT (32k positions, 30k-250k vocabularies, width <= 1792).
+SIZE_LIMITS: dict[str, int] = {
+    "vocab_size": 1 << 21, "hidden_size": 1 << 15, "intermediate_size": 1 << 17, "num_hidden_layers": 256,
+    "num_attention_heads": 1 << 10, "max_position_embeddings": 1 << 20, "long_conv_l_max": 1 << 20,
+    "type_vocab_size": 1 << 10, "hyena_filter_order": 1 << 12, "monarch_mlp_nblocks": 1 << 10,
+}
+
+
+def check_sizes(fields: Mapping[str, Any]) -> None:
+    """ValueError naming the first size field (of ``SIZE_LIMITS``) that is not a positive integer within its limit."""
+    for name, limit in SIZE_LIMITS.items():
+        value = fields.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+            raise ValueError(f"{name}={value!r} must be a positive integer <= {limit:,}")
+
 
 # The four released sizes (state-dict manifest of the original) plus tiny ones for tests.
 _BASE = dict(
@@ -169,7 +188,8 @@ class M2BertConfig(PretrainedConfig):
         self.validate()
 
     def validate(self) -> None:
-        """Fail at construction, naming the field, rather than deep inside forward."""
+        """Fail at construction, naming the field, rather than deep inside forward (or allocating terabytes)."""
+        check_sizes(vars(self))
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling={self.pooling!r}; choose one of {POOLINGS}")
         if self.long_conv_impl not in LONG_CONV_IMPLS:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import ExitStack
 from typing import Any
 
 import hydra
@@ -53,9 +54,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from m2bert.train import builders
     from m2bert.train import runs
     from m2bert.train.callbacks import EvalHistory, FilterEnergy, ResumableRNG
-    from m2bert.train.context_use import context_use
-    from m2bert.train.checkpoint_safety import check_checkpoint
+    from m2bert.train.checkpoint_safety import check_shapes, verified_checkpoint, warn_trusted
     from m2bert.train.composer_models import ComposerMLM
+    from m2bert.train.context_use import context_use
     from m2bert.train.torch_compile import CompileTimer, composer_compile_config
 
     device, precision = builders.resolve_device_and_precision(cfg.device, cfg.precision)
@@ -67,69 +68,77 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     save_folder = cfg.save_folder or os.path.join(run_dir, "checkpoints")
     runs.guard_save_folder(save_folder, cfg.autoresume, cfg.overwrite)
     resume_from = runs.prepare_autoresume(save_folder, dist.get_global_rank()) if cfg.autoresume else None
-    resume_from = resume_from and os.path.realpath(resume_from)  # refusals name the file, not the link
-    for ckpt in (resume_from, cfg.load_path and format_name_with_dist(cfg.load_path, run_name)):
-        if ckpt is not None and "://" in str(ckpt) and not cfg.trust_checkpoint:
-            raise ConfigError(f"load_path={ckpt} is remote and cannot be checked before Composer unpickles it: "
-                                       f"download it and pass the local file, or set trust_checkpoint=true")
-        if ckpt is not None:
-            check_checkpoint(ckpt, cfg.trust_checkpoint)
-    compile_config = composer_compile_config(cfg.impl.compile, device)
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
-    world = dist.get_world_size()
-    if cfg.global_train_batch_size % world:
-        raise ConfigError(f"global_train_batch_size={cfg.global_train_batch_size} is not divisible by {world} devices")
-    reproducibility.seed_all(cfg.seed)
-    model = builders.build_mlm_model(cfg.model, cfg.impl, len(tokenizer), cfg.data.max_seq_len)
-    log.info("model: %s (%s), %.1fM parameters", cfg.model.preset, type(model).__name__,
-             sum(p.numel() for p in model.parameters()) / 1e6)
-    fsdp = cfg.parallel.name == "fsdp"
-    tied = builders.tied_parameter_names(model) if fsdp else []
+    # What Composer would read: the newest checkpoint when resuming (it takes precedence, as in Composer's
+    # autoresume), else load_path; rank 0's, which Composer's non-sharded load reads on every node.
+    load_path = cfg.load_path and format_name_with_dist(cfg.load_path, run_name)
+    source = runs.from_rank_zero(os.path.realpath(resume_from) if resume_from else load_path or None, device)
+    with ExitStack() as loading:  # holds the private verified copy until the Trainer has loaded it
+        verified = None
+        if source is not None and cfg.trust_checkpoint:
+            warn_trusted(source)
+        elif source is not None:
+            # Read once, verified, re-saved privately: Composer never opens the user's file (no swap after the
+            # check, no tar extraction), and autoresume is ours, so Composer's own autoresume stays off.
+            verified = loading.enter_context(verified_checkpoint(source))
+            log.info("loading %s (verified, re-saved at %s)", source, verified.path)
+        compile_config = composer_compile_config(cfg.impl.compile, device)
+        tokenizer = load_tokenizer(cfg.data.tokenizer)
+        world = dist.get_world_size()
+        if cfg.global_train_batch_size % world:
+            raise ConfigError(f"global_train_batch_size={cfg.global_train_batch_size} is not divisible by {world} devices")
+        reproducibility.seed_all(cfg.seed)
+        model = builders.build_mlm_model(cfg.model, cfg.impl, len(tokenizer), cfg.data.max_seq_len)
+        composer_model = ComposerMLM(model)
+        if verified is not None:
+            check_shapes(verified.model_shapes, composer_model.state_dict(), verified.source)
+        log.info("model: %s (%s), %.1fM parameters", cfg.model.preset, type(model).__name__,
+                 sum(p.numel() for p in model.parameters()) / 1e6)
+        fsdp = cfg.parallel.name == "fsdp"
+        tied = builders.tied_parameter_names(model) if fsdp else []
 
-    def loader(split: str, mlm_probability: float, batch_size: int, shuffle: bool) -> Any:
-        # Training drops the last partial batch (constant batch size) and re-masks every epoch; evaluation sees
-        # every row, with the same masks on every pass.
-        return build_mlm_dataloader(
-            local=cfg.data.local, remote=cfg.data.remote, split=split, tokenizer=tokenizer, max_seq_len=cfg.data.max_seq_len, batch_size=batch_size,
-            mlm_probability=mlm_probability, shuffle=shuffle, seed=cfg.seed, num_workers=cfg.data.num_workers,
-            drop_last=shuffle, remask_each_epoch=shuffle, validate_hash=cfg.data.validate_hash,
+        def loader(split: str, mlm_probability: float, batch_size: int, shuffle: bool) -> Any:
+            # Training drops the last partial batch (constant batch size) and re-masks every epoch; evaluation sees
+            # every row, with the same masks on every pass.
+            return build_mlm_dataloader(
+                local=cfg.data.local, remote=cfg.data.remote, split=split, tokenizer=tokenizer, max_seq_len=cfg.data.max_seq_len, batch_size=batch_size,
+                mlm_probability=mlm_probability, shuffle=shuffle, seed=cfg.seed, num_workers=cfg.data.num_workers,
+                drop_last=shuffle, remask_each_epoch=shuffle, validate_hash=cfg.data.validate_hash,
+            )
+
+        train_loader = loader(cfg.data.train_split, cfg.data.mlm_probability, cfg.global_train_batch_size // world, True)
+        eval_loader = loader(cfg.data.eval_split, cfg.data.eval_mlm_probability, cfg.device_eval_batch_size, False)
+        history, filters = EvalHistory(), FilterEnergy()
+        microbatch = min(cfg.impl.device_train_microbatch_size, cfg.global_train_batch_size // world)
+        trainer = Trainer(
+            model=composer_model,
+            train_dataloader=train_loader,
+            eval_dataloader=Evaluator(label="eval", dataloader=eval_loader, metric_names=list(composer_model.eval_metrics)),
+            optimizers=builders.build_optimizer(model, cfg.optimizer),
+            schedulers=builders.build_scheduler(cfg.scheduler),
+            max_duration=builders.duration_in_batches(cfg.max_duration, cfg.global_train_batch_size),
+            eval_interval=cfg.eval_interval,
+            eval_subset_num_batches=cfg.eval_subset_num_batches,
+            algorithms=[GradientClipping(clipping_type="norm", clipping_threshold=cfg.grad_clip_norm)] if cfg.grad_clip_norm > 0 else [],
+            callbacks=builders.build_callbacks(device) + [history, filters, ResumableRNG()]
+            + ([CompileTimer()] if compile_config is not None else []),
+            loggers=builders.build_loggers(cfg.logger, run_name),
+            run_name=run_name,
+            device=device,
+            precision=precision,
+            device_train_microbatch_size=microbatch,
+            seed=cfg.seed,
+            save_folder=save_folder,
+            save_interval=cfg.save_interval,
+            save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
+            save_overwrite=cfg.overwrite,
+            autoresume=cfg.autoresume and cfg.trust_checkpoint,
+            load_path=verified.path if verified is not None else cfg.load_path if cfg.trust_checkpoint else None,
+            progress_bar=cfg.progress_bar,
+            log_to_console=True,
+            console_log_interval=cfg.console_log_interval,
+            compile_config=compile_config,
+            parallelism_config={"fsdp": OmegaConf.to_container(cfg.parallel.fsdp)} if cfg.parallel.name == "fsdp" else None,
         )
-
-    train_loader = loader(cfg.data.train_split, cfg.data.mlm_probability, cfg.global_train_batch_size // world, True)
-    eval_loader = loader(cfg.data.eval_split, cfg.data.eval_mlm_probability, cfg.device_eval_batch_size, False)
-    composer_model = ComposerMLM(model)
-    history, filters = EvalHistory(), FilterEnergy()
-    microbatch = min(cfg.impl.device_train_microbatch_size, cfg.global_train_batch_size // world)
-    trainer = Trainer(
-        model=composer_model,
-        train_dataloader=train_loader,
-        eval_dataloader=Evaluator(label="eval", dataloader=eval_loader, metric_names=list(composer_model.eval_metrics)),
-        optimizers=builders.build_optimizer(model, cfg.optimizer),
-        schedulers=builders.build_scheduler(cfg.scheduler),
-        max_duration=builders.duration_in_batches(cfg.max_duration, cfg.global_train_batch_size),
-        eval_interval=cfg.eval_interval,
-        eval_subset_num_batches=cfg.eval_subset_num_batches,
-        algorithms=[GradientClipping(clipping_type="norm", clipping_threshold=cfg.grad_clip_norm)] if cfg.grad_clip_norm > 0 else [],
-        callbacks=builders.build_callbacks(device) + [history, filters, ResumableRNG()]
-        + ([CompileTimer()] if compile_config is not None else []),
-        loggers=builders.build_loggers(cfg.logger, run_name),
-        run_name=run_name,
-        device=device,
-        precision=precision,
-        device_train_microbatch_size=microbatch,
-        seed=cfg.seed,
-        save_folder=save_folder,
-        save_interval=cfg.save_interval,
-        save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
-        save_overwrite=cfg.overwrite,
-        autoresume=cfg.autoresume,
-        load_path=cfg.load_path,
-        progress_bar=cfg.progress_bar,
-        log_to_console=True,
-        console_log_interval=cfg.console_log_interval,
-        compile_config=compile_config,
-        parallelism_config={"fsdp": OmegaConf.to_container(cfg.parallel.fsdp)} if cfg.parallel.name == "fsdp" else None,
-    )
     trainer.logger.log_hyperparameters(OmegaConf.to_container(cfg, resolve=True))  # every logger, W&B included
     if cfg.eval_at_start and int(trainer.state.timestamp.batch) == 0:
         trainer.eval()

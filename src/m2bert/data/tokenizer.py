@@ -25,6 +25,7 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 NUM_UNUSED = 99  # [unused0]..[unused98] occupy ids 1..99, as in BERT's vocab.txt
 BERT_SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
 
+PICKLE_SUFFIXES = (".pkl", ".pickle")  # e.g. TransfoXL's vocab.pkl, which its tokenizer unpickles
 _PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
 
 
@@ -46,6 +47,11 @@ def load_tokenizer(name_or_dir: str | os.PathLike[str]) -> PreTrainedTokenizerBa
             return BertTokenizerFast(vocab_file=str(path), do_lower_case=True)
         raise ValueError(f"tokenizer path {path} is a file; expected a tokenizer directory or a vocab.txt")
     if path.is_dir():
+        pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickled:
+            raise ValueError(f"tokenizer directory {path} holds {pickled[0]}, a pickled vocabulary (TransfoXL's format) "
+                             f"that transformers would unpickle, which can run code; m2bert never loads pickled "
+                             f"tokenizers: use a tokenizer.json or vocab.txt tokenizer")
         try:
             return AutoTokenizer.from_pretrained(str(path))
         except Exception as exc:  # noqa: BLE001 - re-raised with the path named

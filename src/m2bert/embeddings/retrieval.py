@@ -76,6 +76,7 @@ def start_model_dir(cfg: DictConfig, run_dir: Path) -> Path:
     from m2bert import M2BertModel
     from m2bert.data.tokenizer import load_tokenizer
     from m2bert.glue.start import is_m2, max_length, resolve_start
+    from m2bert.train.checkpoint_safety import check_shapes
 
     start = resolve_start(str(cfg.start.kind), cfg.start.path, cfg.start.config, cfg.start.tokenizer,
                           trust=cfg.start.trust_checkpoint)
@@ -94,6 +95,7 @@ def start_model_dir(cfg: DictConfig, run_dir: Path) -> Path:
     config = start.config.__class__.from_dict({**start.config.to_dict(), "padding_invariant": cfg.start.padding_invariant})
     model = M2BertModel(config)
     encoder = {k[len("bert."):]: v for k, v in start.state.items() if k.startswith("bert.")}
+    check_shapes(encoder, model.state_dict(), f"start: {start.path}")
     missing, unexpected = model.load_state_dict(encoder, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:

@@ -32,9 +32,10 @@ from typing import Any
 import torch
 from transformers import BertConfig, PretrainedConfig
 
-from m2bert.config import M2BertConfig
+from m2bert.config import M2BertConfig, check_sizes
 from m2bert.glue.schema import StartConfig
 from m2bert.options import ConfigError
+from m2bert.train.checkpoint_safety import check_contents, check_shapes, load_checkpoint_safely, warn_trusted
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,11 @@ def config_from_dict(d: dict[str, Any], where: str = "config") -> PretrainedConf
     if cls is None:
         raise ConfigError(f"start: {where} is a {d.get('model_type')!r} config; m2bert fine-tunes "
                           f"{' or '.join(sorted(_CONFIG_CLASSES))} models")
-    return cls.from_dict(d)
+    try:
+        check_sizes(d)  # BertConfig does not check them (M2BertConfig.validate does)
+        return cls.from_dict(d)
+    except ValueError as e:
+        raise ConfigError(f"start: {where}: {e}") from None
 
 
 def is_m2(config: PretrainedConfig) -> bool:
@@ -119,9 +124,11 @@ def _hf_state(path: str) -> dict[str, torch.Tensor]:
     binf = os.path.join(path, "pytorch_model.bin")
     if os.path.isfile(binf):
         try:
-            return torch.load(binf, map_location="cpu", weights_only=True)
+            state = torch.load(binf, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
             raise ConfigError(f"start: cannot read {binf}: {type(e).__name__}: {e}") from e
+        check_contents(state, binf, key=None)
+        return state
     raise ConfigError(f"start: {path} holds no model.safetensors or pytorch_model.bin")
 
 
@@ -140,10 +147,8 @@ def _composer_file(path: str) -> str:
 
 
 def _composer_state(path: str, trust: bool = False) -> dict[str, torch.Tensor]:
-    from m2bert.train.checkpoint_safety import load_checkpoint_safely
-
     if trust:
-        log.warning("start.trust_checkpoint=true: %s is unpickled without checks; a crafted file can run code", path)
+        warn_trusted(path, "start.trust_checkpoint")
     try:
         # Weights-only unpickling with the few non-tensor types our checkpoints hold (RNG, timestamps);
         # anything else is refused before it can run (m2bert.train.checkpoint_safety).
@@ -175,6 +180,7 @@ def _original_config(path: str | None) -> dict[str, Any]:
             d = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
             raise ConfigError(f"start.config: cannot read {path}: {type(e).__name__}: {e}") from e
+        check_contents(d, path, key=None)
     d = d.get("config", d) if isinstance(d, dict) else d
     if not isinstance(d, dict):
         raise ConfigError(f"start.config: {path} holds no config dict")
@@ -265,6 +271,7 @@ def load_classifier(start: Start, num_labels: int, pooling: str, kernels: str | 
     else:
         model = BertForSequenceClassification(config)
     state = {k: v for k, v in start.state.items() if not k.startswith(_DROP_PREFIXES)}
+    check_shapes(state, model.state_dict(), f"start: {start.path}")
     result = model.load_state_dict(state, strict=False)
     fresh = ("head.", "classifier.", "bert.pooler.")  # new per task (the pooler only where the start has none)
     missing = [k for k in result.missing_keys if not k.startswith(fresh)]

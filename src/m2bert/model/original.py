@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import torch
 
 from m2bert.config import M2BertConfig
+from m2bert.train.checkpoint_safety import check_contents
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def read_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
             "Only tensors and plain containers are accepted; re-save the model state dict alone if the file "
             "holds other objects."
         ) from e
+    check_contents(ckpt, path, key=None)
     state = ckpt
     if isinstance(ckpt, dict) and "state" in ckpt:
         state = ckpt["state"].get("model", ckpt["state"])

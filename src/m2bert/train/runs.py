@@ -8,7 +8,9 @@
 * ``kill -9`` during a checkpoint save leaves a truncated ``ep*-ba*-rank*.pt`` (Composer's
   autoresume then stops on it with FileExistsError) or a ``latest-rank*.pt`` link to a missing
   file (Composer then silently restarts from batch 0). :func:`prepare_autoresume` sets partial
-  files aside and points ``latest`` at the newest complete checkpoint before the Trainer is built.
+  files aside and points ``latest`` at the newest complete checkpoint before the Trainer is built;
+  ``m2bert.pretrain`` then reads that checkpoint once, verified, and gives Composer a private re-save
+  as ``load_path`` (Composer's own autoresume, which reads ``latest`` itself, runs only for trusted files).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import re
 import time
 import zipfile
 from pathlib import Path
+from typing import TypeVar
 
 from omegaconf import OmegaConf
 
@@ -25,6 +28,7 @@ from m2bert.options import ConfigError
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 RUN_NAME_RESOLVER = "m2bert_run_name"
 _generated: str | None = None
 
@@ -61,18 +65,26 @@ def register_resolver() -> None:
         OmegaConf.register_new_resolver(RUN_NAME_RESOLVER, generated_run_name)
 
 
-def agree_on_run_name(run_name: str, device: str) -> str:
-    """Rank 0's generated name on every rank (ranks start a second apart); a user's name is kept as is."""
+def from_rank_zero(value: T, device: str) -> T:
+    """Rank 0's ``value`` on every rank (in a single process, ``value`` itself)."""
     from composer.utils import dist
 
-    if run_name != _generated or dist.get_world_size() == 1:
-        return run_name
+    if dist.get_world_size() == 1:
+        return value
     dist.initialize_dist(device)
-    names = [run_name]
-    dist.broadcast_object_list(names, src=0)
-    if names[0] != run_name:
-        log.info("run name %s (rank 0's)", names[0])
-    return str(names[0])
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def agree_on_run_name(run_name: str, device: str) -> str:
+    """Rank 0's generated name on every rank (ranks start a second apart); a user's name is kept as is."""
+    if run_name != _generated:
+        return run_name
+    name = str(from_rank_zero(run_name, device))
+    if name != run_name:
+        log.info("run name %s (rank 0's)", name)
+    return name
 
 
 def _checkpoint_pattern(rank: int | str = r"\d+") -> re.Pattern[str]:

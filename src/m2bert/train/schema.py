@@ -111,7 +111,7 @@ class PretrainConfig:
     autoresume: bool = False  # continue from the newest complete checkpoint in save_folder
     overwrite: bool = False  # replace the checkpoints already in save_folder (otherwise refused)
     load_path: Optional[str] = None
-    trust_checkpoint: bool = False  # skip the weights-only check of load_path / autoresume files (trusted files only)
+    trust_checkpoint: bool = False  # hand Composer load_path / the autoresume file unchecked (trusted files only)
     export_hf: bool = True
     # After training: held-out loss with full rows vs 8-token windows vs right context hidden, on this many eval
     # rows (m2bert.train.context_use); 0 = skip.
