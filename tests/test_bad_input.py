@@ -370,14 +370,45 @@ def _sample_folder(root: Path, ss_dev_labels: list[str], pair_dev_labels: list[s
     return root
 
 
-@pytest.mark.parametrize("bad", ["nan", "inf", "42", "-0.5"])
-def test_stsb_scores_must_be_finite_and_in_range(tmp_path, bad):
+@pytest.mark.parametrize("bad", ["42", "-0.5", "5.01"])
+def test_stsb_scores_must_be_in_range(tmp_path, bad):
     from m2bert.data.glue_tasks import load_glue_task
 
     root = _stsb_folder(tmp_path, ["1.0", bad, "3.0"])
     with pytest.raises(ValueError, match=rf"STS-B/dev.tsv line 3: label '{bad}' is out of range for stsb; "
-                                         r"scores must be finite numbers in \[0, 5\]"):
+                                         r"scores must be decimal numbers in \[0, 5\] written with ASCII digits"):
         load_glue_task("stsb", root, "validation")
+
+
+def _rte_folder(root: Path, dev_labels: list[str]) -> Path:
+    d = root / "RTE"
+    d.mkdir(parents=True)
+    for name, labels in (("train.tsv", ["entailment", "not_entailment"]), ("dev.tsv", dev_labels)):
+        rows = [f"{i}\ta b\tc d\t{lab}" for i, lab in enumerate(labels)]
+        (d / name).write_text("\n".join(["index\tsentence1\tsentence2\tlabel", *rows]) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("task, bad", [
+    ("sample-ss", " 1 "), ("sample-ss", "\u0661"), ("sample-ss", "+1"), ("sample-ss", "1\u00a0"),
+    ("stsb", " 3.5"), ("stsb", "\u0663.\u0665"), ("stsb", "0_5"), ("stsb", "1e0"), ("stsb", "nan"), ("stsb", "inf"),
+    ("rte", " entailment"), ("rte", "entailment "),
+])
+def test_glue_labels_are_parsed_strictly(tmp_path, task, bad):
+    """int() and float() took ' 1 ', an Arabic-Indic '١' and '0_5' as labels 1, 1 and 5.0 (and strip() a
+    surrounding space from 'entailment'): labels are now the task's label set or ASCII digits, exactly, and a
+    bad one names the file and line."""
+    from m2bert.data.glue_tasks import load_glue_task
+
+    if task == "stsb":
+        root, folder, line = _stsb_folder(tmp_path, ["1.0", bad, "3.0"]), "STS-B", 3
+    elif task == "rte":
+        root, folder, line = _rte_folder(tmp_path, ["entailment", bad]), "RTE", 3
+    else:
+        root, folder, line = _sample_folder(tmp_path, ["0", "1", bad], ["0", "1"]), "SAMPLE-SS", 4
+    with pytest.raises(ValueError, match=rf"{folder}/dev.tsv line {line}: bad label {re.escape(repr(bad))} for {task}; "
+                                         r"(labels|scores) must be"):
+        load_glue_task(task, root, "validation")
 
 
 @pytest.mark.parametrize("bad", ["-1", "2", "x"])
