@@ -93,6 +93,22 @@ def choose_hash(index_path: str | Path, shards: list[dict[str, Any]], validate_h
     return validate_hash
 
 
+def file_hash(algo: str, path: Path, chunk: int = 1 << 20) -> str:
+    """The hex digest streaming's ``get_hash(algo, data)`` gives a file's bytes, read in chunks into one buffer:
+    no copy of a whole shard in memory, and about 3x faster than reading it whole (bench/hash_validation.py)."""
+    import hashlib
+
+    import xxhash
+
+    h = getattr(xxhash, algo)() if algo in xxhash.algorithms_available else hashlib.new(algo)
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
 def _check_raw_header(path: Path, samples: int) -> None:
     """An MDS shard starts with its sample count, (count + 1) uint32 offsets (the first one past the
     header and the shard's config), then the samples, ending at the last offset; check them."""
@@ -149,8 +165,6 @@ def check_shards(split_dir: str | Path, validate_hash: str | None = AUTO_HASH) -
     or compressed when the raw file is absent) with the listed size and sample table; its hash matches too
     (``validate_hash``: ``auto``, an algorithm, or ``None`` to skip). Returns the number of samples. Local data
     only (a remote is checked as it downloads)."""
-    from streaming.base.hashing import get_hash
-
     folder = Path(split_dir)
     index_path = folder / "index.json"
     shards = check_layout(folder, index_path)
@@ -163,7 +177,7 @@ def check_shards(split_dir: str | Path, validate_hash: str | None = AUTO_HASH) -
                              f"(truncated or replaced); {RECONVERT}")
         if info is shard["raw_data"]:
             _check_raw_header(path, int(shard["samples"]))
-        if algo is not None and get_hash(algo, path.read_bytes()) != info["hashes"][algo]:
+        if algo is not None and file_hash(algo, path) != info["hashes"][algo]:
             raise ShardError(f"{path}: {algo} checksum does not match index.json (corrupt); {RECONVERT}")
         total += int(shard["samples"])
     return total
