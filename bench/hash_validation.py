@@ -191,15 +191,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3, help="timed checks per mode and cache state")
     p.add_argument("--work", default=None, help="folder for the temporary datasets (default: the system's temp)")
-    p.add_argument("--out", default=None, help="folder for NAME.json/.md (default: print JSON only)")
-    p.add_argument("--name", default="hash_validation_cpu")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier NAME.json/.md in --out")
+    cli_help.add_result_args(p, "hash_validation_cpu")
     args = p.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     if not Path(args.c4).exists():
         p.error(f"{args.c4} not found: pass --c4 with the C4 sample (../shared/data/c4)")
-    if args.out and not args.overwrite and (Path(args.out) / f"{args.name}.json").exists():
-        p.error(f"{Path(args.out) / (args.name + '.json')} exists: pass --overwrite to replace it, or another --name")
+    cli_help.refuse_overwrite(p, args)
     result = run(args)
     if args.out:
         write(result, Path(args.out), args.name)
