@@ -77,7 +77,7 @@ def choose_hash(index_path: str | Path, shards: list[dict[str, Any]], validate_h
     for shard in shards:
         for info in (shard.get(f) for f in FILE_FIELDS):
             if isinstance(info, dict):
-                hashes = set(info.get("hashes") or {})
+                hashes = set(h) if isinstance(h := info.get("hashes"), dict) else set()
                 present = hashes if present is None else present & hashes
     present = present or set()
     if validate_hash == AUTO_HASH:
@@ -95,7 +95,7 @@ def choose_hash(index_path: str | Path, shards: list[dict[str, Any]], validate_h
 
 def file_hash(algo: str, path: Path, chunk: int = 1 << 20) -> str:
     """The hex digest streaming's ``get_hash(algo, data)`` gives a file's bytes, read in chunks into one buffer:
-    no copy of a whole shard in memory, and about 3x faster than reading it whole (bench/hash_validation.py)."""
+    no copy of a whole shard in memory, and about 3x faster than reading a 64 MiB shard whole on our CPU."""
     import hashlib
 
     import xxhash
