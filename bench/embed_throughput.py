@@ -201,15 +201,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--multiple", type=int, default=128, help="bucketed batches pad to a multiple of this")
     p.add_argument("--repeats", type=int, default=2, help="timed passes of each way, alternating")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed embedding difference")
-    p.add_argument("--out", default=None, help="folder for NAME.json/.md/.png (default: print JSON only)")
-    p.add_argument("--name", default="embed_throughput_cpu")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier NAME.json/.md/.png in --out")
+    cli_help.add_result_args(p, "embed_throughput_cpu", "NAME.json/.md/.png")
     args = p.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     if not (Path(args.shared) / "data" / "wikitext").is_dir():
         p.error(f"{args.shared}/data/wikitext not found: pass --shared with the shared data folder")
-    if args.out and not args.overwrite and (Path(args.out) / f"{args.name}.json").exists():
-        p.error(f"{Path(args.out) / (args.name + '.json')} exists: pass --overwrite to replace it, or another --name")
+    cli_help.refuse_overwrite(p, args)
     result = run(args)
     if args.out:
         write(result, Path(args.out), args.name)

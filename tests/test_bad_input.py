@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -128,7 +129,7 @@ def test_flipped_byte_is_caught_with_validate_hash(shards, algo):
     data = bytearray(zst.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size: only a hash sees it
     zst.write_bytes(bytes(data))
-    check_shards(shards / "val")  # sizes are right; without a hash this is not detectable up front
+    check_shards(shards / "val", None)  # opted out: sizes are right, so nothing else sees it up front
     with pytest.raises(ShardError, match=rf"{zst}: {algo} checksum does not match"):
         check_shards(shards / "val", algo)
 
@@ -140,6 +141,77 @@ def test_validate_hash_on_shards_without_hashes_names_the_fix(shards):
     (shards / "val" / "index.json").write_text(json.dumps(index))
     with pytest.raises(ShardError, match="has no sha1 hashes.*m2bert-convert-c4.*data.validate_hash=null"):
         check_shards(shards / "val", "sha1")
+    assert check_shards(shards / "val") == shard_samples(shards / "val")  # auto: nothing to check against
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only a hash sees it
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_byte_in_compressed_shard_is_refused_by_default(shards, sample_mds, tmp_path):
+    """A flipped byte in a .mds.zstd decompressed to rows that trained silently (rc 0) with the old default
+    data.validate_hash=null. Now the default (auto: xxh64, the cheapest hash the index holds) refuses it at
+    start-up and in the loader, naming the shard; data.validate_hash=null opts out."""
+    from m2bert.pretrain import check_data
+    from tests.conftest import compose_pretrain, tiny_pretrain_overrides
+
+    zst = _zst(shards / "val")
+    _flip_byte(zst)
+    overrides = tiny_pretrain_overrides(sample_mds, tmp_path / "runs", "flip") + [f"data.local={shards}"]
+    with pytest.raises(ShardError, match=rf"^{zst}: xxh64 checksum does not match index.json"):
+        check_data(compose_pretrain(overrides).data)
+    with pytest.raises(ShardError, match=rf"^{zst}: cannot read shard \(ValueError: Checksum failure"):
+        for _ in _loader(shards, sample_mds["tokenizer"]):
+            pass
+    check_data(compose_pretrain(overrides + ["data.validate_hash=null"]).data)
+
+
+def test_raw_shard_without_its_compressed_form_is_named(shards, sample_mds):
+    """Streaming deletes the raw file of a compressed shard whose .zstd is gone, then fails with "path to remote
+    dataset must be provided"; the shard is named up front instead, and the raw file stays."""
+    raw = _make_raw(shards / "val")
+    zst = _zst(shards / "val")
+    zst.unlink()
+    match = rf"^{zst} is missing beside {raw.name} \(shards\[0\] of .*index.json"
+    with pytest.raises(ShardError, match=match):
+        check_shards(shards / "val")
+    with pytest.raises(ShardError, match=match):
+        _loader(shards, sample_mds["tokenizer"])
+    assert raw.is_file()
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("field, name", [("raw_data", "../../escaped.mds"), ("zip_data", "../../escaped.mds.zstd"),
+                                         ("zip_data", "{outside}"), ("zip_data", "{symlink}")])
+def test_shard_basename_outside_the_data_folder_is_refused(shards, sample_mds, tmp_path, field, name):
+    """A crafted index.json basename made streaming decompress attacker-chosen bytes outside the data folder (and
+    read shards from anywhere). Every basename must resolve inside the split folder: '..', absolute paths and
+    symlinks out are refused, naming the index entry, before streaming touches a file."""
+    outside = tmp_path / "elsewhere" / "shard.mds.zstd"
+    outside.parent.mkdir()
+    zst = _zst(shards / "val")
+    outside.write_bytes(zst.read_bytes())
+    if name == "{symlink}":
+        zst.unlink()
+        zst.symlink_to(outside)
+        name = zst.name
+    name = name.replace("{outside}", str(outside))
+    index = _index(shards / "val")
+    index["shards"][0][field]["basename"] = name
+    (shards / "val" / "index.json").write_text(json.dumps(index))
+    before = _files(tmp_path)
+    match = rf"^{shards / 'val' / 'index.json'}: shards\[0\]\.{field}\.basename='{re.escape(name)}' points outside"
+    with pytest.raises(ShardError, match=match):
+        for _ in _loader(shards, sample_mds["tokenizer"]):
+            pass
+    assert _files(tmp_path) == before  # nothing written (or deleted), inside the data folder or out of it
+    with pytest.raises(ShardError, match=match):
+        check_shards(shards / "val")
 
 
 # ----------------------------------------------------------------------------- model inputs and MLM
@@ -320,14 +392,45 @@ def _sample_folder(root: Path, ss_dev_labels: list[str], pair_dev_labels: list[s
     return root
 
 
-@pytest.mark.parametrize("bad", ["nan", "inf", "42", "-0.5"])
-def test_stsb_scores_must_be_finite_and_in_range(tmp_path, bad):
+@pytest.mark.parametrize("bad", ["42", "-0.5", "5.01"])
+def test_stsb_scores_must_be_in_range(tmp_path, bad):
     from m2bert.data.glue_tasks import load_glue_task
 
     root = _stsb_folder(tmp_path, ["1.0", bad, "3.0"])
     with pytest.raises(ValueError, match=rf"STS-B/dev.tsv line 3: label '{bad}' is out of range for stsb; "
-                                         r"scores must be finite numbers in \[0, 5\]"):
+                                         r"scores must be decimal numbers in \[0, 5\] written with ASCII digits"):
         load_glue_task("stsb", root, "validation")
+
+
+def _rte_folder(root: Path, dev_labels: list[str]) -> Path:
+    d = root / "RTE"
+    d.mkdir(parents=True)
+    for name, labels in (("train.tsv", ["entailment", "not_entailment"]), ("dev.tsv", dev_labels)):
+        rows = [f"{i}\ta b\tc d\t{lab}" for i, lab in enumerate(labels)]
+        (d / name).write_text("\n".join(["index\tsentence1\tsentence2\tlabel", *rows]) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("task, bad", [
+    ("sample-ss", " 1 "), ("sample-ss", "\u0661"), ("sample-ss", "+1"), ("sample-ss", "1\u00a0"),
+    ("stsb", " 3.5"), ("stsb", "\u0663.\u0665"), ("stsb", "0_5"), ("stsb", "1e0"), ("stsb", "nan"), ("stsb", "inf"),
+    ("rte", " entailment"), ("rte", "entailment "),
+])
+def test_glue_labels_are_parsed_strictly(tmp_path, task, bad):
+    """int() and float() took ' 1 ', an Arabic-Indic '١' and '0_5' as labels 1, 1 and 5.0 (and strip() a
+    surrounding space from 'entailment'): labels are now the task's label set or ASCII digits, exactly, and a
+    bad one names the file and line."""
+    from m2bert.data.glue_tasks import load_glue_task
+
+    if task == "stsb":
+        root, folder, line = _stsb_folder(tmp_path, ["1.0", bad, "3.0"]), "STS-B", 3
+    elif task == "rte":
+        root, folder, line = _rte_folder(tmp_path, ["entailment", bad]), "RTE", 3
+    else:
+        root, folder, line = _sample_folder(tmp_path, ["0", "1", bad], ["0", "1"]), "SAMPLE-SS", 4
+    with pytest.raises(ValueError, match=rf"{folder}/dev.tsv line {line}: bad label {re.escape(repr(bad))} for {task}; "
+                                         r"(labels|scores) must be"):
+        load_glue_task(task, root, "validation")
 
 
 @pytest.mark.parametrize("bad", ["-1", "2", "x"])

@@ -168,3 +168,28 @@ def test_help_lists_recipes(monkeypatch, capsys) -> None:
     code, out, _ = _cli(["--help"], monkeypatch, capsys)
     assert code == 0 and out.startswith("m2bert-retrieval: fine-tune a pretrained M2-BERT")
     assert "m2_bert_80m_2k, m2_bert_80m_32k, m2_bert_80m_8k, m2_bert_tiny" in out and "[2048]" in out
+
+
+@pytest.mark.parametrize("bad, problem", [
+    ('{"_id": NaN, "title": "", "text": "x"}', r"_id must be a non-blank JSON string without tabs or line breaks, got NaN"),
+    ('{"_id": 7, "title": "", "text": "x"}', r"_id must be a non-blank JSON string .*, got 7"),
+    ('{"_id": " ", "title": "", "text": "x"}', r'_id must be a non-blank JSON string .*, got " "'),
+    ('{"_id": "d\\t1", "title": "", "text": "x"}', r"_id must be a non-blank JSON string without tabs"),
+    ('{"_id": "d1", "title": "", "text": null}', r"text must be a JSON string, got null"),
+    ('{"_id": "d0", "title": "", "text": "again"}', r"_id 'd0' appears twice"),
+], ids=["nan", "number", "blank", "tab", "null-text", "duplicate"])
+def test_retrieval_ids_are_strings(tmp_path, monkeypatch, capsys, bad, problem) -> None:
+    """str() took {"_id": NaN} as the id "nan" (and 7 as "7", null text as "None", a repeated id silently replaced
+    the first): ids and texts must be JSON strings, and the CLI stops with one line naming the file and line."""
+    folder = tmp_path / "set"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text('{"_id": "d0", "title": "", "text": "a document"}\n' + bad + "\n")
+    (folder / "queries.jsonl").write_text('{"_id": "q0", "text": "a query"}\n')
+    for name in ("train.tsv", "test.tsv"):
+        (folder / "qrels" / name).write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\n")
+    with pytest.raises(ValueError, match=rf"^{folder / 'corpus.jsonl'} line 2: {problem}"):
+        rd.read_retrieval_set(folder)
+    code, _, err = _cli(["start.path=none", f"data.folder={folder}", f"run_root={tmp_path / 'runs'}"], monkeypatch,
+                        capsys)
+    assert code == 2 and re.search(rf"data.folder: {folder / 'corpus.jsonl'} line 2: {problem}", err)
+    assert len(err.strip().splitlines()) == 1

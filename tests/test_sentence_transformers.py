@@ -2,6 +2,7 @@
 do not depend on the batch (padding invariance) and equal our own model's pooling."""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -117,3 +118,50 @@ def test_bad_sources_are_one_line(tmp_path, tokenizer) -> None:
     with pytest.raises(ValueError, match="max_position_embeddings=128"):
         export_sentence_transformer(_tiny_hf(tmp_path, tokenizer, "cls"), tmp_path / "st", max_seq_length=4096)
     assert not (tmp_path / "st").exists()
+
+
+@pytest.mark.parametrize("module_type, module_path, match", ids=["local-module", "router", "path-outside"], argvalues=[
+    ("evil_mod.Evil", "", r"module 0 has type 'evil_mod.Evil', not one of sentence-transformers' modules"),
+    ("sentence_transformers.models.Router", "", r"module 0 has type 'sentence_transformers.models.Router', not one"),
+    ("sentence_transformers.models.Pooling", "../elsewhere", r"module 0 \(sentence_transformers.models.Pooling\) has "
+                                                             r"path '../elsewhere', outside"),
+])
+def test_folder_naming_other_code_is_refused_without_running_it(tmp_path, monkeypatch, module_type, module_path,
+                                                                 match) -> None:
+    """A folder whose modules.json named "evil_mod.Evil" beside an evil_mod.py had it imported and run, despite
+    trust_remote_code=False. Only sentence-transformers' own modules load (not Router, which imports the classes
+    its own config names), from inside the folder; the refusal names the file and the module."""
+    from m2bert.embeddings.sentence_transformers import load_sentence_transformer
+
+    folder, marker = tmp_path / "st", tmp_path / "evil_ran"
+    folder.mkdir()
+    (folder / "evil_mod.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+                                        "class Evil:\n    pass\n")
+    (folder / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": module_path,
+                                                      "type": module_type}]))
+    monkeypatch.chdir(folder)  # the folder is on sys.path too: a plain import would find evil_mod there
+    with pytest.raises(ValueError, match=rf"^{folder / 'modules.json'}: {match}"):
+        load_sentence_transformer(folder, device="cpu")
+    assert not marker.exists()
+
+
+def test_tokenizer_code_in_a_folder_is_never_run(tmp_path, monkeypatch) -> None:
+    """The retrieval CLI's start (and every other load of a folder's tokenizer) goes through load_tokenizer: a
+    tokenizer_config.json auto_map used to make transformers ask "run the custom code? [y/N]" and run it on 'y'."""
+    from transformers import BertTokenizerFast
+
+    from m2bert.data.tokenizer import load_tokenizer
+
+    folder, marker = tmp_path / "tok", tmp_path / "evil_ran"
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
+    (folder / "evil_tok.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+                                        "class EvilTokenizer:\n    pass\n")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="EvilTokenizer", auto_map={"AutoTokenizer": ["evil_tok.EvilTokenizer", None]})
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))  # a yes waiting on stdin
+    with pytest.raises(ValueError, match=rf"could not load a tokenizer from directory {folder}"):
+        load_tokenizer(folder)
+    assert not marker.exists()

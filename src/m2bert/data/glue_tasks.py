@@ -11,8 +11,8 @@ column names (``idx``, the task's text columns, ``label``), the same label encod
 from __future__ import annotations
 
 import logging
-import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,12 +144,34 @@ def _features(t: GlueTask) -> datasets.Features:
 STSB_RANGE = (0.0, 5.0)  # STS-B similarity scores
 
 
+# Labels are parsed strictly, as GLUE writes them: Python's int() and float() also take " 1 ", "١" (an
+# Arabic-Indic one), "1_0", "nan" and "1e0", which would turn a damaged file into silently wrong labels.
+_CLASS_ID = re.compile(r"[0-9]+")
+_SCORE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")  # a sign only so that "-0.5" reads as out of range
+
+
 def _label_rule(t: GlueTask) -> str:
     if t.is_regression:
-        return f"scores must be finite numbers in [{STSB_RANGE[0]:g}, {STSB_RANGE[1]:g}]"
+        return (f"scores must be decimal numbers in [{STSB_RANGE[0]:g}, {STSB_RANGE[1]:g}] written with ASCII "
+                f"digits (e.g. 3.8)")
     if t.label_map is not None:
-        return f"labels must be one of {sorted(t.label_map)}"
-    return f"labels must be integers in [0, {t.num_labels - 1}]"
+        return f"labels must be one of {sorted(t.label_map)}, exactly"
+    return f"labels must be integers in [0, {t.num_labels - 1}] written with ASCII digits"
+
+
+def parse_label(raw: str, t: GlueTask) -> tuple[float | int | None, bool]:
+    """``(value, in range)`` of one TSV label, or ``(None, False)`` when it is not written as ``t``'s labels are."""
+    if t.is_regression:
+        if not _SCORE.fullmatch(raw):
+            return None, False
+        score = float(raw)
+        return score, STSB_RANGE[0] <= score <= STSB_RANGE[1]
+    if t.label_map is not None:
+        return (t.label_map[raw], True) if raw in t.label_map else (None, False)
+    if not _CLASS_ID.fullmatch(raw):
+        return None, False
+    value = int(raw)
+    return value, value < t.num_labels
 
 
 def validate_task_files(source: str | os.PathLike[str], task: str, splits: tuple[str, ...]) -> None:
@@ -196,20 +218,11 @@ def _read_tsv(path: Path, t: GlueTask, labelled: bool) -> dict[str, list[Any]]:
         if label_idx is None:
             out["label"].append(-1.0 if t.is_regression else -1)
         else:
-            raw = parts[label_idx].strip()
-            try:
-                if t.is_regression:
-                    value: float | int = float(raw)
-                    ok = math.isfinite(value) and STSB_RANGE[0] <= value <= STSB_RANGE[1]
-                elif t.label_map is not None:
-                    value = t.label_map[raw]
-                    ok = True
-                else:
-                    value = int(raw)
-                    ok = 0 <= value < t.num_labels
-            except (KeyError, ValueError) as exc:
+            raw = parts[label_idx]
+            value, ok = parse_label(raw, t)
+            if value is None:
                 raise ValueError(f"{path} line {i + first_data_line}: bad label {raw!r} for {t.name}; "
-                                 f"{_label_rule(t)}") from exc
+                                 f"{_label_rule(t)}")
             if not ok:
                 raise ValueError(f"{path} line {i + first_data_line}: label {raw!r} is out of range for {t.name}; "
                                  f"{_label_rule(t)}")

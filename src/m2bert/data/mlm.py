@@ -27,7 +27,8 @@ import torch
 from streaming import StreamingDataLoader, StreamingDataset
 from transformers import PreTrainedTokenizerBase
 
-from m2bert.data.shards import RECONVERT, ShardError, shard_file
+from m2bert.data.shards import (AUTO_HASH, RECONVERT, ShardError, check_basenames, check_layout, choose_hash,
+                                read_index, shard_file)
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,19 @@ def detect_format(index_path: str | os.PathLike[str]) -> ShardFormat:
     raise ValueError(f"{index_path}: columns {names} are neither 'text' (raw) nor 'tokens' (pre-tokenised)")
 
 
+def _check_index(index_path: Path, local_dir: Path, remote: str | None) -> list[dict[str, Any]]:
+    """What streaming must not see: a shard file outside the local folder (it writes and deletes there), and, for
+    local data, a shard streaming would delete or cannot find. Returns the index's shard entries."""
+    if remote is None:
+        return check_layout(local_dir, index_path)
+    shards = read_index(index_path)
+    check_basenames(index_path, shards, local_dir)
+    cached = local_dir / "index.json"  # streaming reads a cached index instead of the remote's
+    if cached.is_file():
+        check_basenames(cached, read_index(cached), local_dir)
+    return shards
+
+
 # Streaming gives each dataset in a machine the lowest free shared-memory prefix; two processes creating theirs at
 # the same instant (two runs started together) can pick the same one, and the second fails with FileExistsError.
 _SHM_ATTEMPTS = 5
@@ -121,14 +135,17 @@ class MLMStreamingDataset(StreamingDataset):
 
     def __init__(self, *, local: str, remote: str | None = None, split: str | None = None,
                  tokenizer: PreTrainedTokenizerBase, max_seq_len: int = 128, remask_each_epoch: bool = True,
-                 **kwargs: Any) -> None:
-        self.shard_format = detect_format(locate_index(local, remote, split))
+                 validate_hash: str | None = AUTO_HASH, **kwargs: Any) -> None:
+        index_path = locate_index(local, remote, split)
+        shards = _check_index(index_path, Path(_split_dir(os.path.expanduser(local), split)), remote)
+        self.shard_format = detect_format(index_path)
         if self.shard_format.mode == "tokens" and self.shard_format.row_len not in (None, max_seq_len):
             raise ValueError(f"{self.shard_format.index_path}: rows are {self.shard_format.row_len} tokens, but "
                              f"max_seq_len={max_seq_len}; re-convert with --concat-tokens {max_seq_len}")
         for attempt in range(_SHM_ATTEMPTS):
             try:
-                super().__init__(local=local, remote=remote, split=split, **kwargs)
+                super().__init__(local=local, remote=remote, split=split,
+                                 validate_hash=choose_hash(index_path, shards, validate_hash), **kwargs)
                 break
             except FileExistsError:  # two jobs starting at once picked the same shared-memory prefix
                 if attempt == _SHM_ATTEMPTS - 1:

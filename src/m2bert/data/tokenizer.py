@@ -53,13 +53,13 @@ def load_tokenizer(name_or_dir: str | os.PathLike[str]) -> PreTrainedTokenizerBa
                              f"that transformers would unpickle, which can run code; m2bert never loads pickled "
                              f"tokenizers: use a tokenizer.json or vocab.txt tokenizer")
         try:
-            return AutoTokenizer.from_pretrained(str(path))
+            return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)  # no code from the folder
         except Exception as exc:  # noqa: BLE001 - re-raised with the path named
             raise ValueError(f"could not load a tokenizer from directory {path}: {exc}") from exc
     if _looks_like_path(name):
         raise FileNotFoundError(f"tokenizer directory {path} does not exist")
     try:
-        return AutoTokenizer.from_pretrained(name)
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001
         raise OSError(
             f"could not load tokenizer {name!r}: no local directory of that name exists and the Hugging Face "

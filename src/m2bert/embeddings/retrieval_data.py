@@ -309,17 +309,27 @@ def read_retrieval_set(folder: str | Path) -> LoadedSet:
     """Read a folder :func:`write_retrieval_set` wrote; a missing or malformed file is named with its line."""
     folder = Path(folder)
 
-    def rows(name: str) -> list[dict]:
+    def rows(name: str) -> dict[str, str]:
         path = folder / name
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: write the set with m2bert-make-retrieval --out {folder}")
-        out = []
+        out: dict[str, str] = {}
         for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             try:
                 row = json.loads(line)
-                out.append({"_id": str(row["_id"]), "text": str(row["text"])})
+                _id, text = row["_id"], row["text"]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path} line {lineno}: expected a JSON object with _id and text ({exc})") from exc
+            # Strings only: str() made {"_id": NaN} the id "nan" and {"_id": 1} the id "1". An id is what the qrels
+            # TSV names, so it is non-blank and holds no tab or line break.
+            if not isinstance(_id, str) or not _id.strip() or any(c in _id for c in "\t\r\n"):
+                raise ValueError(f"{path} line {lineno}: _id must be a non-blank JSON string without tabs or line "
+                                 f"breaks, got {json.dumps(_id)}")
+            if not isinstance(text, str):
+                raise ValueError(f"{path} line {lineno}: text must be a JSON string, got {json.dumps(text)}")
+            if _id in out:
+                raise ValueError(f"{path} line {lineno}: _id {_id!r} appears twice")
+            out[_id] = text
         return out
 
     def qrels(name: str) -> dict[str, str]:
@@ -334,8 +344,8 @@ def read_retrieval_set(folder: str | Path) -> LoadedSet:
             out[parts[0]] = parts[1]
         return out
 
-    corpus = {r["_id"]: r["text"] for r in rows("corpus.jsonl")}
-    queries = {r["_id"]: r["text"] for r in rows("queries.jsonl")}
+    corpus = rows("corpus.jsonl")
+    queries = rows("queries.jsonl")
     loaded = LoadedSet(corpus, queries, qrels("train.tsv"), qrels("test.tsv"))
     for name, qr in (("train.tsv", loaded.train_qrels), ("test.tsv", loaded.test_qrels)):
         for q, d in qr.items():

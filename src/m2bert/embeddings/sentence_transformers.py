@@ -56,7 +56,7 @@ def build_sentence_transformer(hf_dir: str | os.PathLike[str], *, max_seq_length
     if not (hf_dir / "config.json").is_file():
         raise FileNotFoundError(f"{hf_dir / 'config.json'} is missing: expected an M2-BERT Hugging Face directory "
                                 f"(m2bert-pretrain writes <run_root>/<run_name>/hf)")
-    config = AutoConfig.from_pretrained(hf_dir)
+    config = AutoConfig.from_pretrained(hf_dir, trust_remote_code=False)
     if config.model_type != "m2_bert":
         raise ValueError(f"{hf_dir}: model_type {config.model_type!r} is not m2_bert")
     if not getattr(config, "padding_invariant", True):
@@ -116,11 +116,60 @@ def is_sentence_transformer_dir(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / "modules.json").is_file()
 
 
+# The module classes a folder may name without trust_remote_code: sentence-transformers' own, and only those that
+# load no further class named in their own config (Router, Asym and WordEmbeddings do: refused, as is any other
+# name). Our exports hold Transformer, Pooling and Normalize.
+SAFE_MODULES = ("Transformer", "Pooling", "Normalize", "Dense", "Dropout", "LayerNorm", "WeightedLayerPooling",
+                "StaticEmbedding", "CNN", "LSTM", "BoW", "WordWeights", "CLIPModel")
+_ST_PREFIX = "sentence_transformers."
+
+
+def _safe_module_class(class_ref: Any) -> bool:
+    """Whether ``class_ref`` (a modules.json ``type``) names one of SAFE_MODULES. Only names inside the installed
+    sentence_transformers package are imported to find out (ST's deprecated ``sentence_transformers.models.X``
+    aliases included); sentence-transformers itself would import any other name from the folder or sys.path."""
+    if not isinstance(class_ref, str) or not class_ref.startswith(_ST_PREFIX):
+        return False
+    from sentence_transformers.sentence_transformer import modules
+    from sentence_transformers.util import import_from_string
+
+    try:
+        cls = import_from_string(class_ref)
+    except ImportError:
+        return False
+    return any(cls is getattr(modules, name) for name in SAFE_MODULES)
+
+
+def check_modules(folder: str | os.PathLike[str]) -> None:
+    """Refuse (one line naming the file and the module) a sentence-transformers folder whose ``modules.json`` names
+    a module class sentence-transformers would import from outside its own package (a local ``evil_mod.Evil`` is
+    imported, and run, even with ``trust_remote_code=False``) or a module folder outside ``folder``."""
+    folder = Path(folder)
+    modules_json = folder / "modules.json"
+    try:
+        entries = json.loads(modules_json.read_text(encoding="utf-8"))
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise TypeError("not a list of objects")
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"{modules_json}: not a sentence-transformers modules.json ({type(e).__name__}: {e})") from e
+    root = folder.resolve()
+    for i, entry in enumerate(entries):
+        class_ref, sub = entry.get("type"), entry.get("path", "")
+        if not _safe_module_class(class_ref):
+            raise ValueError(f"{modules_json}: module {i} has type {class_ref!r}, not one of sentence-transformers' "
+                             f"modules this loader trusts ({', '.join(SAFE_MODULES)}); loading it would import and "
+                             f"run code: pass trust_remote_code=True only if you trust {folder}")
+        if not isinstance(sub, str) or Path(sub).is_absolute() or ".." in Path(sub).parts \
+                or not (root / sub).resolve().is_relative_to(root):
+            raise ValueError(f"{modules_json}: module {i} ({class_ref}) has path {sub!r}, outside {folder}")
+
+
 def load_sentence_transformer(source: str | os.PathLike[str], *, max_seq_length: int | None = None,
                               pooling: str | None = None, normalize: bool | None = None,
-                              device: str | None = None) -> SentenceTransformer:
+                              device: str | None = None, trust_remote_code: bool = False) -> SentenceTransformer:
     """A SentenceTransformer from an exported ST directory (as saved) or from our HF directory (built as
-    :func:`build_sentence_transformer` does). Never runs remote code."""
+    :func:`build_sentence_transformer` does). Runs no code from the folder unless ``trust_remote_code``: its
+    ``modules.json`` may name only sentence-transformers' own modules (:func:`check_modules`)."""
     import m2bert  # noqa: F401 - registers the Auto classes
     from sentence_transformers import SentenceTransformer
 
@@ -129,7 +178,12 @@ def load_sentence_transformer(source: str | os.PathLike[str], *, max_seq_length:
         raise FileNotFoundError(f"{path} does not exist: pass an M2-BERT HF directory or an exported "
                                 f"sentence-transformers directory")
     if is_sentence_transformer_dir(path):
-        model = SentenceTransformer(str(path), device=device, trust_remote_code=False, local_files_only=True)
+        if trust_remote_code:
+            log.warning("trust_remote_code=True: %s may import and run code named in its modules.json", path)
+        else:
+            check_modules(path)
+        model = SentenceTransformer(str(path), device=device, trust_remote_code=trust_remote_code,
+                                    local_files_only=True)
         if max_seq_length is not None:
             model.max_seq_length = max_seq_length
         return model
@@ -137,5 +191,5 @@ def load_sentence_transformer(source: str | os.PathLike[str], *, max_seq_length:
                                       device=device)
 
 
-__all__ = ["build_sentence_transformer", "export_sentence_transformer", "is_sentence_transformer_dir",
+__all__ = ["build_sentence_transformer", "check_modules", "export_sentence_transformer", "is_sentence_transformer_dir",
            "load_sentence_transformer", "save_sentence_transformer"]

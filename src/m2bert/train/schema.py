@@ -37,7 +37,9 @@ class DataConfig:
     mlm_probability: float = 0.30
     eval_mlm_probability: float = 0.15
     num_workers: int = 0
-    validate_hash: Optional[str] = None  # sha1 | xxh64: check every shard's hash against index.json at start-up
+    # auto (the cheapest hash index.json holds: xxh64) | xxh64 | sha1 | null (opt out): every shard's hash checked
+    # against index.json at start-up, and each compressed shard again as streaming decompresses it
+    validate_hash: Optional[str] = "auto"
 
 
 @dataclass

@@ -81,7 +81,8 @@ def check_pretrain(cfg: Any) -> None:
     if not (cfg.optimizer.lr > 0 and math.isfinite(cfg.optimizer.lr)):
         raise ConfigError(f"optimizer.lr={cfg.optimizer.lr} must be a positive number")
     if cfg.data.validate_hash is not None:
-        from m2bert.data.shards import HASH_ALGOS
+        from m2bert.data.shards import AUTO_HASH, HASH_ALGOS
 
-        if cfg.data.validate_hash not in HASH_ALGOS:
-            raise ConfigError(f"data.validate_hash={cfg.data.validate_hash!r}; choose one of {list(HASH_ALGOS)} or null")
+        if cfg.data.validate_hash not in (AUTO_HASH, *HASH_ALGOS):
+            raise ConfigError(f"data.validate_hash={cfg.data.validate_hash!r}; choose one of "
+                              f"{[AUTO_HASH, *HASH_ALGOS]} or null (no check)")
