@@ -122,7 +122,7 @@ GUARD_SETTINGS = {
     "scheduler": "constant_with_warmup", "scheduler.t_warmup": "30ba", "save_interval": "1000ba", "export_hf": "false",
     "console_log_interval": "1000ba", "context_eval_rows": 32, "device": "cpu",
 }
-GUARD_THRESHOLDS = {"loss_below": 5.86, "filter_energy_min_above": 2.0, "gain_right_above": 0.12}
+GUARD_THRESHOLDS = {"loss_below": 5.86, "filter_energy_min_above": 3.0, "gain_right_above": 0.05}
 
 
 def guard_run(mds: str, tokenizer: str, run_root: str, filters: str) -> dict[str, float]:
