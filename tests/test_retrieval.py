@@ -137,7 +137,7 @@ def test_finetune_through_the_cli_beats_the_untrained_model(tiny_hf, small_set, 
 
     # the same run name again: refused in one line, the finished run untouched
     code, _, err = _cli(args, monkeypatch, capsys)
-    assert code == 2 and err.count("\n") == 1 and "already holds a run (results.json)" in err
+    assert code == 2 and err.count("\n") == 1 and "already holds a run (results.json, model" in err
     assert json.loads((runs / "tiny" / "results.json").read_text()) == results
 
 
@@ -168,3 +168,27 @@ def test_help_lists_recipes(monkeypatch, capsys) -> None:
     code, out, _ = _cli(["--help"], monkeypatch, capsys)
     assert code == 0 and out.startswith("m2bert-retrieval: fine-tune a pretrained M2-BERT")
     assert "m2_bert_80m_2k, m2_bert_80m_32k, m2_bert_80m_8k, m2_bert_tiny" in out and "[2048]" in out
+
+
+def test_run_name_and_lock_keep_runs_apart(tiny_hf, small_set, tmp_path, monkeypatch, capsys) -> None:
+    """A run name is one plain folder name (nothing lands outside run_root); a run folder in use by another run is
+    refused in one line naming its lock and holder."""
+    import signal
+    import socket
+
+    from tests.conftest import hold_lock
+
+    runs = tmp_path / "root" / "runs"
+    args = ["retrieval=m2_bert_tiny", f"start.path={tiny_hf}", f"data.folder={small_set}", f"run_root={runs}"]
+    code, _, err = _cli([*args, "run_name=../escaped"], monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1 and "run_name='../escaped' is not a plain name" in err, err
+    assert list(tmp_path.iterdir()) == []
+    holder = hold_lock(runs / "busy")
+    try:
+        code, _, err = _cli([*args, "run_name=busy"], monkeypatch, capsys)
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"{runs / 'busy' / 'run.lock'} is held by pid {holder.pid} on {socket.gethostname()}" in err, err
+        assert [p.name for p in (runs / "busy").iterdir()] == ["run.lock"]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
