@@ -101,3 +101,33 @@ def tiny_hf(tmp_path_factory) -> Path:
     M2BertForMaskedLM(M2BertConfig.from_preset("m2-bert-tiny", vocab_size=30528)).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def sample_hf(sample_mds, tmp_path_factory) -> Path:
+    """A randomly initialised m2-bert-tiny MLM with the sample's tokenizer (no ../shared needed), as an HF directory:
+    a start for tiny GLUE runs on the sample's tasks."""
+    from m2bert import M2BertConfig, M2BertForMaskedLM
+    from m2bert.data.tokenizer import load_tokenizer
+
+    out = tmp_path_factory.mktemp("sample_hf") / "hf"
+    torch.manual_seed(0)
+    M2BertForMaskedLM(M2BertConfig.from_preset("m2-bert-tiny", vocab_size=2048)).save_pretrained(out)
+    load_tokenizer(sample_mds["tokenizer"]).save_pretrained(out)
+    return out
+
+
+def hold_lock(folder: Path):
+    """A live process holding ``folder/run.lock`` as a run would (created with O_EXCL: pid and host in it); the
+    caller kills it. Written without m2bert, so it stands for any other run of the same folder."""
+    import subprocess
+    import sys
+
+    folder.mkdir(parents=True, exist_ok=True)
+    code = ("import json, os, socket, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_CREAT | os.O_EXCL | os.O_WRONLY)\n"
+            "os.write(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), 'started': 'now'}).encode())\n"
+            "os.close(fd)\nprint('held', flush=True)\ntime.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder / "run.lock")], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc

@@ -302,9 +302,10 @@ def test_pretrain_value_checks():
     from omegaconf import OmegaConf
 
     from m2bert.options import ConfigError
-    from m2bert.train.schema import PretrainConfig
+    from m2bert.train.schema import PretrainConfig, register
     from m2bert.train.validate import check_pretrain, check_time
 
+    register()  # the default run name's resolver
     base = OmegaConf.structured(PretrainConfig)
     check_pretrain(base)
     for key, value, match in [("eval_subset_num_batches", 0, "eval_subset_num_batches=0: use -1"),
@@ -315,7 +316,16 @@ def test_pretrain_value_checks():
                               ("eval_interval", "10xx", "eval_interval='10xx'"),
                               ("optimizer.betas", [0.9], r"optimizer.betas=\[0.9\] must be two numbers"),
                               ("optimizer.betas", [0.9, 1.5], r"optimizer.betas=\[0.9, 1.5\]"),
-                              ("data.validate_hash", "md5", "data.validate_hash='md5'; choose one of")]:
+                              ("data.validate_hash", "md5", "data.validate_hash='md5'; choose one of"),
+                              ("max_duration", "1.5ep", "max_duration='1.5ep' is not a whole number of ep"),
+                              ("max_duration", "0.5dur", "max_duration='0.5dur': a run's length is counted in ep"),
+                              ("max_duration", "2h", "max_duration='2h': .*not wall-clock time"),
+                              ("max_duration", "1e30ba",
+                               r"max_duration='1e30ba' is out of range: at most 9223372036854775807 \(2\^63 - 1\)"),
+                              ("eval_interval", "2.5ba", "eval_interval='2.5ba' is not a whole number of ba"),
+                              ("global_train_batch_size", 10**20, r"out of range: at most 2147483647 \(2\^31 - 1\)"),
+                              ("data.max_seq_len", 0, "data.max_seq_len=0 must be a positive integer"),
+                              ("run_name", "../x", r"run_name='../x' is not a plain name")]:
         cfg = base.copy()
         OmegaConf.update(cfg, key, value)
         with pytest.raises(ConfigError, match=match):
@@ -330,11 +340,12 @@ def test_time_check_agrees_with_composer():
     from m2bert.options import ConfigError
     from m2bert.train.validate import check_time
 
-    for text in ("70000ba", "1ep", "0.06dur", "3e4tok", "12sp", "10sec", "1h", "abc", "ba", "10 ba x", "1.5.2ep"):
+    for text in ("70000ba", "1ep", "0.06dur", "3e4tok", "12sp", "10sec", "1h", "abc", "ba", "10 ba x", "1.5.2ep",
+                 "1.5ep", "2.5ba"):
         try:
             Time.from_timestring(text)
             composer_ok = True
-        except ValueError:
+        except (ValueError, TypeError):  # TypeError: a fraction of a counted unit
             composer_ok = False
         try:
             check_time("max_duration", text)

@@ -59,6 +59,14 @@ def test_pretrain_value_error_in_a_subprocess(tmp_path):
     ("eval_subset_num_batches=0", r"eval_subset_num_batches=0: use -1 .* or a number of batches >= 1"),
     ("+optimizer.lrr=1e-3", r"optimizer.lrr \(did you mean optimizer.lr\?\): no such pretraining setting"),
     ("+max_durations=10ba", r"max_durations \(did you mean max_duration\?\): no such pretraining setting"),
+    # issue 21: what gave tracebacks (or ran forever) is one line too, the limit named
+    ("max_duration=1.5ep", r"max_duration='1.5ep' is not a whole number of ep: .*e.g. max_duration=1ep"),
+    ("max_duration=0.5dur", r"max_duration='0.5dur': a run's length is counted in ep, ba, sp or tok"),
+    ("data.max_seq_len=0", r"error: data.max_seq_len=0 must be a positive integer$"),  # not a ZeroDivisionError
+    ("max_duration=1e30ba", r"max_duration='1e30ba' is out of range: at most 9223372036854775807 \(2\^63 - 1\) ba"),
+    ("global_train_batch_size=1e20", r"global_train_batch_size=1e\+20 is out of range: at most 2147483647"),
+    ("global_train_batch_size=100000000000000000000",
+     r"global_train_batch_size=100000000000000000000 is out of range: at most 2147483647 \(2\^31 - 1\)"),
 ])
 def test_pretrain_config_errors_are_one_line(tmp_path, override, expect, monkeypatch, capsys):
     import re
@@ -195,3 +203,48 @@ def test_tokenizer_trainer_in_a_subprocess(tmp_path):
     f.write_text('{"text": "fine"}\n[1, 2]\n')
     proc = _run("m2bert.data.tokenizer", [str(f), "--out", str(tmp_path / "tok"), "--vocab-size", "300"])
     assert f"{f} line 2: expected a JSON object with a 'text' field" in _one_line(proc, "m2bert-train-tokenizer")
+
+
+@pytest.mark.parametrize("override, expect", [
+    ("max_duration=1.5ep", "max_duration='1.5ep' is not a whole number of ep"),
+    ("max_duration=0.5dur", "max_duration='0.5dur': a run's length is counted in ep, ba, sp or tok"),
+    ("glue.sample_ss.max_duration=2.5ba", "glue.sample_ss.max_duration='2.5ba' is not a whole number of ba"),
+    ("train_subset=-3", "train_subset=-3 must be a positive integer"),
+    ("data.max_seq_len=0", "data.max_seq_len=0 must be a positive integer"),
+    ("max_duration=1e30ba", "max_duration='1e30ba' is out of range: at most 9223372036854775807"),
+    ("glue.sample_ss.batch_size=1e20", "glue.sample_ss.batch_size=1e+20 is out of range: at most 2147483647"),
+    ("glue.sample_ss.batch_size=100000000000000000000",
+     "glue.sample_ss.batch_size=100000000000000000000 is out of range"),
+    ("data.source={header_only}", "{header_only}/SAMPLE-SS/dev.tsv holds no rows (only a header): sample-ss validation "
+                                  "needs at least one"),
+    ("resume=true overwrite=true", "resume=true and overwrite=true: continue the earlier run or replace it, not both"),
+])
+def test_glue_value_errors_are_one_line(tmp_path, override, expect, monkeypatch, capsys):
+    """Checked before the start model is read (start.path does not even exist here): one line, no run folder."""
+    from m2bert.glue.driver import main
+    from tests.test_bad_input import _sample_folder
+
+    header_only = _sample_folder(tmp_path / "glue", [], ["0"])  # SAMPLE-SS/dev.tsv: the header alone
+    runs = tmp_path / "runs"
+    args = ["glue=m2_bert_tiny", f"start.path={tmp_path / 'no-model'}", f"data.source={tmp_path / 'glue'}",
+            "tasks=[sample-ss]", "max_duration=2ba", f"run_root={runs}", "run_name=r",
+            *override.format(header_only=header_only).split()]
+    line = _one_line(_in_process(main, "m2bert-glue", args, monkeypatch, capsys), "m2bert-glue")
+    assert expect.format(header_only=header_only) in line, line
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize("module, prog, extra", [
+    ("m2bert.pretrain", "m2bert-pretrain", []),
+    ("m2bert.glue.driver", "m2bert-glue", ["glue=m2_bert_tiny", "start.path=/no/model"]),
+])
+@pytest.mark.parametrize("name", ["../escaped", "..", "a/b"])
+def test_run_name_stays_inside_run_root(tmp_path, module, prog, extra, name, monkeypatch, capsys):
+    """A run name is one plain folder name: refused before Hydra makes its folder, so nothing lands outside run_root."""
+    import importlib
+
+    runs = tmp_path / "root" / "runs"
+    proc = _in_process(importlib.import_module(module).main, prog, [*extra, f"run_root={runs}", f"run_name={name}"],
+                       monkeypatch, capsys)
+    assert f"run_name='{name}' is not a plain name" in _one_line(proc, prog)
+    assert list(tmp_path.iterdir()) == []  # neither inside run_root nor beside it

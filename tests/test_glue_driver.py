@@ -139,3 +139,99 @@ def test_chain_follows_the_configured_source(sample_mds, tmp_path):
     assert ss["start"]["path"] == str(hf) and ss["final_model"] == str(source)
     assert pair["start"] == {"kind": "hf", "path": str(source)} and pair["final_model"] is None
     assert res["chain_checkpoint"] == str(source) and (source / "model.safetensors").is_file()
+
+
+# ----------------------------------------------------------------------------- reruns (issue 21)
+
+def _tiny(sample_hf, sample_mds, root, *extra: str) -> list[str]:
+    """Two tiny jobs (the sample's two tasks, 16 train rows, 2 batches, 32 dev rows) into ``<root>/g``."""
+    return ["glue=m2_bert_tiny", f"start.path={sample_hf}", f"data.source={sample_mds['raw'] / 'glue'}",
+            "tasks=[sample-ss,sample-pair]", "train_subset=16", "eval_subset=32", "max_duration=2ba", "device=cpu",
+            "plot=false", "console_log_interval=100ba", f"run_root={root}", "run_name=g", *extra]
+
+
+def _files(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def glue_straight(sample_hf, sample_mds, tmp_path_factory) -> dict:
+    """An uninterrupted two-job run."""
+    root = tmp_path_factory.mktemp("straight")
+    return {"root": root, "results": run(compose_glue(_tiny(sample_hf, sample_mds, root)))}
+
+
+def test_rerun_is_refused_unless_resumed_or_overwritten(glue_straight, sample_hf, sample_mds, tmp_path):
+    """A changed setting used to replace results.json and the jobs' result.json silently (exit 0)."""
+    from m2bert.options import ConfigError
+
+    run_dir = glue_straight["root"] / "g"
+    before = _files(run_dir)
+    with pytest.raises(ConfigError, match=rf"run folder {run_dir} already holds a run \(results.json, jobs, "
+                                          r".*continue it with resume=true, replace it with overwrite=true"):
+        run(compose_glue(_tiny(sample_hf, sample_mds, glue_straight["root"], "glue.sample_ss.lr=2e-3")))
+    with pytest.raises(ConfigError, match=r"resume=true: sample-ss-seed19 finished with recipe.lr=0.001 .* "
+                                          r"this run has recipe.lr=0.002"):
+        run(compose_glue(_tiny(sample_hf, sample_mds, glue_straight["root"], "glue.sample_ss.lr=2e-3", "resume=true")))
+    assert _files(run_dir) == before  # byte for byte
+    # overwrite=true: the earlier run is deleted first, then the new one runs (in a copy, the fixture stays)
+    import shutil
+
+    shutil.copytree(glue_straight["root"], tmp_path / "copy")
+    (tmp_path / "copy" / "g" / "stray.txt").write_text("left by the earlier run")
+    res = run(compose_glue(_tiny(sample_hf, sample_mds, tmp_path / "copy", "glue.sample_ss.lr=2e-3", "overwrite=true")))
+    assert not (tmp_path / "copy" / "g" / "stray.txt").exists()
+    assert [j["spec"]["recipe"]["lr"] for j in res["jobs"]] == [2e-3, 1e-3]
+
+
+def test_resume_after_kill_reruns_only_unfinished_jobs(glue_straight, sample_hf, sample_mds, tmp_path, caplog):
+    """kill -9 after the first job finished; resume=true reuses it, runs only the second, and the table is the
+    uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    caplog.set_level("INFO", logger="m2bert.glue")
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "m2bert.glue.driver", *_tiny(sample_hf, sample_mds, tmp_path)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    jobs = tmp_path / "g" / "jobs"
+    first, second = jobs / "sample-ss-seed19" / "result.json", jobs / "sample-pair-seed19" / "result.json"
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert first.exists() and not second.exists() and not (tmp_path / "g" / "results.json").exists()
+    done = first.read_bytes()
+    res = run(compose_glue(_tiny(sample_hf, sample_mds, tmp_path, "resume=true")))
+    assert "resume: sample-ss-seed19 finished before" in caplog.text and "taken over" in caplog.text  # its lock too
+    assert "resume: sample-pair-seed19" not in caplog.text and second.exists()
+    assert first.read_bytes() == done  # reused, not rerun
+    straight = glue_straight["results"]
+    assert res["table"] == straight["table"]
+    assert res["tasks"] == straight["tasks"] and [j["metrics"] for j in res["jobs"]] == \
+        [j["metrics"] for j in straight["jobs"]]
+
+
+def test_a_glue_run_folder_in_use_is_refused(sample_hf, sample_mds, tmp_path):
+    import signal
+    import socket
+
+    from m2bert.options import ConfigError
+    from tests.conftest import hold_lock
+
+    holder = hold_lock(tmp_path / "g")
+    try:
+        with pytest.raises(ConfigError, match=rf"{tmp_path / 'g' / 'run.lock'} is held by pid {holder.pid} on "
+                                              rf"{socket.gethostname()}"):
+            run(compose_glue(_tiny(sample_hf, sample_mds, tmp_path)))
+        assert [p.name for p in (tmp_path / "g").iterdir()] == ["run.lock"]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()

@@ -137,7 +137,7 @@ def test_finetune_through_the_cli_beats_the_untrained_model(tiny_hf, small_set, 
 
     # the same run name again: refused in one line, the finished run untouched
     code, _, err = _cli(args, monkeypatch, capsys)
-    assert code == 2 and err.count("\n") == 1 and "already holds a run (results.json)" in err
+    assert code == 2 and err.count("\n") == 1 and "already holds a run (results.json, model" in err
     assert json.loads((runs / "tiny" / "results.json").read_text()) == results
 
 
@@ -193,3 +193,27 @@ def test_retrieval_ids_are_strings(tmp_path, monkeypatch, capsys, bad, problem) 
                         capsys)
     assert code == 2 and re.search(rf"data.folder: {folder / 'corpus.jsonl'} line 2: {problem}", err)
     assert len(err.strip().splitlines()) == 1
+
+
+def test_run_name_and_lock_keep_runs_apart(tiny_hf, small_set, tmp_path, monkeypatch, capsys) -> None:
+    """A run name is one plain folder name (nothing lands outside run_root); a run folder in use by another run is
+    refused in one line naming its lock and holder."""
+    import signal
+    import socket
+
+    from tests.conftest import hold_lock
+
+    runs = tmp_path / "root" / "runs"
+    args = ["retrieval=m2_bert_tiny", f"start.path={tiny_hf}", f"data.folder={small_set}", f"run_root={runs}"]
+    code, _, err = _cli([*args, "run_name=../escaped"], monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1 and "run_name='../escaped' is not a plain name" in err, err
+    assert list(tmp_path.iterdir()) == []
+    holder = hold_lock(runs / "busy")
+    try:
+        code, _, err = _cli([*args, "run_name=busy"], monkeypatch, capsys)
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"{runs / 'busy' / 'run.lock'} is held by pid {holder.pid} on {socket.gethostname()}" in err, err
+        assert [p.name for p in (runs / "busy").iterdir()] == ["run.lock"]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()

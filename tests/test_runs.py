@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,12 @@ def straight(sample_mds, tmp_path_factory) -> dict:
     return {"root": root, "summary": run(compose_pretrain(_overrides(sample_mds, root, "straight")))}
 
 
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (links as their target's name) with its bytes: what a refused run must not change."""
+    return {str(p.relative_to(root)): os.readlink(p).encode() if p.is_symlink() else p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file() or p.is_symlink()}
+
+
 def test_rerun_refuses_to_overwrite_checkpoints(straight, sample_mds):
     from m2bert.pretrain import run
 
@@ -41,8 +48,55 @@ def test_rerun_refuses_to_overwrite_checkpoints(straight, sample_mds):
     with pytest.raises(ConfigError) as err:
         run(compose_pretrain(_overrides(sample_mds, straight["root"], "straight")))
     msg = str(err.value)
-    assert "\n" not in msg and str(folder) in msg and "autoresume=true" in msg and "overwrite=true" in msg, msg
+    assert "\n" not in msg and str(folder.parent) in msg and "autoresume=true" in msg and "overwrite=true" in msg, msg
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+
+
+def test_rerun_with_another_save_folder_keeps_the_earlier_run(straight, sample_mds, tmp_path):
+    """The guard covers the run folder (export, summary, checkpoints), not only the save folder: a rerun of the same
+    run_name elsewhere used to pass it and replace hf/ and summary.json; autoresume=true continues only that run."""
+    from m2bert.pretrain import run
+
+    run_dir = straight["root"] / "straight"
+    before = snapshot(run_dir)
+    elsewhere = tmp_path / "elsewhere"
+    with pytest.raises(ConfigError, match=rf"run folder {run_dir} already holds a run \(summary.json, hf, "
+                                          r"checkpoints\): continue it with autoresume=true, replace it with "
+                                          r"overwrite=true"):
+        run(compose_pretrain(_overrides(sample_mds, straight["root"], "straight") + [f"save_folder={elsewhere}"]))
+    with pytest.raises(ConfigError, match=rf"autoresume=true: the run in {run_dir} keeps its checkpoints in "
+                                          rf"{run_dir / 'checkpoints'}, not in save_folder={elsewhere}"):
+        run(compose_pretrain(_overrides(sample_mds, straight["root"], "straight") +
+                             [f"save_folder={elsewhere}", "autoresume=true"]))
+    assert snapshot(run_dir) == before and not elsewhere.exists()
+
+
+def test_a_run_in_progress_keeps_its_folder(sample_mds, tmp_path, monkeypatch, capsys, caplog):
+    """Two runs of one run_name at once: the second is refused in one line naming the lock and its holder, before
+    anything is written; once the holder is gone (kill -9), its lock is taken over with a warning."""
+    import signal
+    import socket
+
+    from m2bert.pretrain import main
+    from tests.conftest import hold_lock
+    from tests.test_cli_errors import _in_process, _one_line
+
+    folder = tmp_path / "runs" / "busy"
+    holder = hold_lock(folder)
+    args = _overrides(sample_mds, tmp_path / "runs", "busy") + ["max_duration=2ba", "save_interval=2ba"]
+    try:
+        proc = _in_process(main, "m2bert-pretrain", args, monkeypatch, capsys)
+        line = _one_line(proc, "m2bert-pretrain")
+        assert f"{folder / 'run.lock'} is held by pid {holder.pid} on {socket.gethostname()}" in line, line
+        assert sorted(p.name for p in folder.iterdir()) == ["run.lock"]  # nothing of the second run was written
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    monkeypatch.setattr(sys, "argv", ["m2bert-pretrain", *args])
+    main()  # the holder is dead: this run takes its lock over, runs, and releases the lock at the end
+    out = capsys.readouterr()
+    assert f"{folder / 'run.lock'} was left by pid {holder.pid}" in caplog.text + out.out + out.err
+    assert (folder / "summary.json").is_file() and not (folder / "run.lock").exists()
 
 
 def test_default_run_name_is_unique(sample_mds, tmp_path):

@@ -8,8 +8,9 @@ suggest ``+model=...``, which fails further on).
 
 A config error, a missing path or mandatory value, or a bad value found at start-up ends the run
 with ONE line on stderr that names the key or file and the fix, exit code 2, and no empty run
-folder (Hydra creates ``<run_root>/<run_name>/hydra`` before our code runs; it is removed again
-when it holds nothing but Hydra's own files). ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
+folder (Hydra creates ``<run_root>/<run_name>/hydra/<launch time>`` before our code runs; it is removed
+again when it holds nothing but Hydra's own files, and so are the folders above it that are then empty).
+``HYDRA_FULL_ERROR=1`` shows the traceback instead.
 Hydra's own composition errors (unknown key, unknown group option) keep Hydra's message, which
 names the key and the choices, and also exit with 2; a command-line value outside a choice is refused
 in one line before Hydra composes (:func:`check_choices`).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import sys
 import typing
@@ -75,8 +77,9 @@ def choice_values(name: str) -> str:
 
 def sequences_per_batch(tokens: int, length: int) -> int:
     """``${m2bert_sequences:16384,${data.max_seq_len}}``: how many sequences of ``length`` tokens hold ``tokens``
-    tokens (at least 1), so a batch size written for one length keeps its memory at another (128 at 128, 8 at 2k)."""
-    return max(1, int(tokens) // int(length))
+    tokens (at least 1), so a batch size written for one length keeps its memory at another (128 at 128, 8 at 2k).
+    A length below 1 gives 1: the config checks then refuse the length itself, naming data.max_seq_len."""
+    return max(1, int(tokens) // int(length)) if int(length) > 0 else 1
 
 
 def register_resolvers() -> None:
@@ -86,6 +89,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("m2bert_options", group_options)
     if not OmegaConf.has_resolver("m2bert_choices"):
         OmegaConf.register_new_resolver("m2bert_choices", choice_values)
+    if not OmegaConf.has_resolver("m2bert_launch_time"):
+        from m2bert.train.runs import launch_time
+
+        OmegaConf.register_new_resolver("m2bert_launch_time", launch_time)
 
 
 def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
@@ -116,8 +123,9 @@ def reject_foreign_groups(cli: str, foreign: dict[str, str], argv: list[str] | N
             raise SystemExit(EXIT_USAGE)
 
 
-def choice_of(schema: type, key: str) -> type[options.Choice] | None:
-    """The choice type of ``key`` (``impl.kernels``, ``glue.rte.pooling``) in a structured schema, or None."""
+def field_type(schema: type, key: str) -> Any:
+    """The type of ``key`` (``impl.kernels``, ``glue.rte.pooling``) in a structured schema (Optional[X] → X),
+    or None."""
     node: Any = schema
     for part in key.split("."):
         if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
@@ -125,13 +133,31 @@ def choice_of(schema: type, key: str) -> type[options.Choice] | None:
         hint = typing.get_type_hints(node).get(part)
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         node = args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint  # Optional[X] → X
+    return node
+
+
+def choice_of(schema: type, key: str) -> type[options.Choice] | None:
+    """The choice type of ``key`` (``impl.kernels``, ``glue.rte.pooling``) in a structured schema, or None."""
+    node = field_type(schema, key)
     return node if isinstance(node, type) and issubclass(node, Enum) else None
+
+
+def whole_number_error(key: str, value: float) -> ConfigError:
+    """A number with a decimal point or exponent for an integer key (``global_train_batch_size=1e20``); OmegaConf
+    would refuse it in several lines, and a huge one is a typo whatever its form."""
+    from m2bert.train.validate import MAX_SIZE
+
+    if not math.isfinite(value) or abs(value) > MAX_SIZE:
+        return ConfigError(f"{key}={value:g} is out of range: at most {MAX_SIZE} (2^31 - 1)")
+    hint = f"; write {key}={int(value)}" if value.is_integer() else ""
+    return ConfigError(f"{key}={value!r} must be a whole number{hint}")
 
 
 def check_choices(prog: str, schema: type, argv: list[str] | None = None) -> None:
     """A command-line value outside a choice (``impl.kernels=fast``, also inside a sweep): one line naming the
     key and the allowed values, exit 2. OmegaConf refuses it anyway while composing, but Hydra reports that
-    in several lines; the allowed values are the schema's, i.e. the definitions in m2bert.options."""
+    in several lines; the allowed values are the schema's, i.e. the definitions in m2bert.options. So is a
+    number with a decimal point or exponent for an integer key (``global_train_batch_size=1e20``)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -141,12 +167,19 @@ def check_choices(prog: str, schema: type, argv: list[str] | None = None) -> Non
             continue
         try:
             override = parser.parse_override(arg)
-            choice = None if override.is_delete() else choice_of(schema, override.key_or_group)
-            if choice is None:
+            kind = None if override.is_delete() else field_type(schema, override.key_or_group)
+            choice = choice_of(schema, override.key_or_group) if kind is not None else None
+            if choice is None and kind is not int:
                 continue
-            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+            values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
         except (HydraException, TypeError, ValueError):
             continue  # Hydra reports what it cannot parse
+        if choice is None:
+            for value in values:
+                if isinstance(value, float):
+                    fail(prog, whole_number_error(override.key_or_group, value))
+            continue
+        values = [str(v) if not isinstance(v, str) else v for v in values]
         allowed = options.choices(choice)
         for value in values:
             if not (isinstance(value, str) and (value in allowed or value.startswith("${"))):
@@ -174,17 +207,20 @@ def one_line(e: BaseException) -> str:
 
 
 def _remove_empty_hydra_dir() -> None:
-    """Remove the Hydra run folder of a run that failed at start-up, if Hydra's files are all it holds."""
+    """Remove the Hydra folder of a run that failed at start-up, if Hydra's files are all it holds (it is this
+    launch's own: ``hydra/<launch time>``), then the folders above it that it leaves empty."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    if not _task_started:  # refused before the task (the run folder's callback): Hydra has made no folder yet
+        return
     try:
         hc = HydraConfig.get()
-    except ValueError:  # not under @hydra.main (called from Python)
+        if hc.mode != RunMode.RUN:
+            return
+        out = Path(hc.runtime.output_dir)
+    except (ValueError, OmegaConfBaseException):  # not under @hydra.main, or before Hydra made its folder
         return
-    if hc.mode != RunMode.RUN:
-        return
-    out = Path(hc.runtime.output_dir)
     if not out.is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in out.iterdir()):
         return
     for handler in list(logging.getLogger().handlers):  # Hydra's job log file lives in that folder
@@ -194,7 +230,7 @@ def _remove_empty_hydra_dir() -> None:
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
-    for parent in (out.parent, out.parent.parent):  # <run_root>/<run_name>, then <run_root>, if now empty
+    for parent in list(out.parents)[:3]:  # hydra/, <run_root>/<run_name>, then <run_root>, while empty
         try:
             parent.rmdir()
         except OSError:
@@ -202,7 +238,11 @@ def _remove_empty_hydra_dir() -> None:
 
 
 def fail(prog: str, e: BaseException) -> NoReturn:
-    """End the run on a user error: one line on stderr, exit 2 (the traceback with HYDRA_FULL_ERROR=1)."""
+    """End the run on a user error: one line on stderr, exit 2 (the traceback with HYDRA_FULL_ERROR=1). The
+    run folder's lock is released first, then an otherwise empty run folder is removed."""
+    from m2bert import run_folder
+
+    run_folder.release_all()
     _remove_empty_hydra_dir()
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise e

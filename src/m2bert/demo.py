@@ -63,6 +63,7 @@ def finetune(paths: dict[str, Path], out: Path, hf_dir: str, subset: int | None 
         # The recipe's settings for the sample tasks (lr 1e-3, 3 epochs), by default on all 4000 training rows.
         "tasks=[sample-ss,sample-pair]", "data.pad_to_max_length=false",
         f"run_root={out / 'runs'}", "run_name=demo-glue", "console_log_interval=1000ba",
+        "overwrite=true",  # the demo is rerun into the same folder
     ]
     if subset is not None:
         overrides.append(f"train_subset={subset}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from m2bert import cli
 from m2bert.atomic import atomic_write_json
 from m2bert.options import ConfigError
+from m2bert.run_folder import RunFolder, check_run_name, claimed
 from m2bert.cli import GLUE_ONLY, register_resolvers, reject_foreign_groups
 from m2bert.train.schema import PretrainConfig, register
 
@@ -37,14 +39,38 @@ def check_data(cfg: DictConfig) -> None:
             check_shards(index.parent, cfg.validate_hash)  # raises ShardError naming the shard
 
 
+def run_folder(cfg: DictConfig, run_name: str | None = None) -> RunFolder:
+    """``<run_root>/<run_name>`` and how an earlier run there may be reused (``autoresume``, ``overwrite``); the
+    Hydra callback (``hydra.callbacks.run_folder`` in yamls/pretrain.yaml) claims it before Hydra writes there."""
+    name = check_run_name(cfg.run_name if run_name is None else run_name)
+    return RunFolder(Path(cfg.run_root) / name, resume_key="autoresume", resume=bool(cfg.autoresume),
+                     overwrite=bool(cfg.overwrite))
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Validate (before anything heavy is imported), build everything, train, export; returns a short summary."""
+    """Validate (before anything heavy is imported), claim the run folder, build everything, train, export;
+    returns a short summary."""
     from m2bert.train.validate import check_pretrain
 
     cli.check_missing(cfg)
     check_pretrain(cfg)
     check_data(cfg.data)
 
+    from m2bert.train import builders, runs
+
+    device, precision = builders.resolve_device_and_precision(cfg.device, cfg.precision)
+    if cfg.parallel.name == "fsdp" and device == "cpu" and os.environ.get("FSDP_VERSION", "1") != "2":
+        raise ConfigError("parallel=fsdp on CPU: Composer's FSDP pins every rank to a CUDA device; use parallel=ddp, "
+                          "or set FSDP_VERSION=2 (Composer's experimental FSDP2, which runs on CPU)")
+    run_name = runs.agree_on_run_name(cfg.run_name, device)
+    folder = run_folder(cfg, run_name)
+    with claimed(folder):
+        return train(cfg, run_name, str(folder.path), device, precision)
+
+
+def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: str) -> dict[str, Any]:
+    """Everything after the checks, in the claimed run folder: the run's save folder is checked (continued,
+    replaced or refused), then build, train, export."""
     from composer import Evaluator, Trainer
     from composer.algorithms import GradientClipping
     from composer.utils import dist, format_name_with_dist, reproducibility
@@ -59,14 +85,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from m2bert.train.context_use import context_use
     from m2bert.train.torch_compile import CompileTimer, composer_compile_config
 
-    device, precision = builders.resolve_device_and_precision(cfg.device, cfg.precision)
-    if cfg.parallel.name == "fsdp" and device == "cpu" and os.environ.get("FSDP_VERSION", "1") != "2":
-        raise ConfigError("parallel=fsdp on CPU: Composer's FSDP pins every rank to a CUDA device; use parallel=ddp, "
-                          "or set FSDP_VERSION=2 (Composer's experimental FSDP2, which runs on CPU)")
-    run_name = runs.agree_on_run_name(cfg.run_name, device)
-    run_dir = os.path.join(cfg.run_root, run_name)
     save_folder = cfg.save_folder or os.path.join(run_dir, "checkpoints")
     runs.guard_save_folder(save_folder, cfg.autoresume, cfg.overwrite)
+    if cfg.autoresume:
+        runs.check_same_run(run_dir, save_folder)
+    elif cfg.overwrite and dist.get_global_rank() == 0:
+        runs.remove_checkpoints(save_folder)  # the earlier run's, where save_folder is outside the run folder
     resume_from = runs.prepare_autoresume(save_folder, dist.get_global_rank()) if cfg.autoresume else None
     # What Composer would read: the newest checkpoint when resuming (it takes precedence, as in Composer's
     # autoresume), else load_path; rank 0's, which Composer's non-sharded load reads on every node.

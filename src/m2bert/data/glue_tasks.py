@@ -176,10 +176,13 @@ def parse_label(raw: str, t: GlueTask) -> tuple[float | int | None, bool]:
 
 def validate_task_files(source: str | os.PathLike[str], task: str, splits: tuple[str, ...]) -> None:
     """Parse every labelled row of a local task's files (labels in range, scores finite and in range);
-    a bad row raises ValueError naming the file and line — before any job trains."""
+    a bad row, or a file without rows, raises ValueError naming the file — before any job trains."""
     t = get_task(task)
     for split in splits:
-        _read_tsv(Path(source).expanduser() / t.dir_name / t.splits[split], t, labelled=True)
+        path = Path(source).expanduser() / t.dir_name / t.splits[split]
+        if not _read_tsv(path, t, labelled=True)["label"]:
+            raise ValueError(f"{path} holds no rows{' (only a header)' if t.layout.header else ''}: "
+                             f"{t.name} {split} needs at least one")
 
 
 def _read_tsv(path: Path, t: GlueTask, labelled: bool) -> dict[str, list[Any]]:
@@ -188,6 +191,8 @@ def _read_tsv(path: Path, t: GlueTask, labelled: bool) -> dict[str, list[Any]]:
         lines = [ln.rstrip("\n").rstrip("\r") for ln in fh]
     if lines and lines[-1] == "":
         lines.pop()
+    if not lines:
+        raise ValueError(f"{path} is empty: {t.name} needs a header and at least one row")
     layout = t.layout
     if layout.header or not labelled:
         header = lines[0].split("\t")

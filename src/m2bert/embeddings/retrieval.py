@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from m2bert.atomic import atomic_directory, atomic_write_json
 from m2bert.options import ConfigError, unknown_keys
+from m2bert.run_folder import RunFolder, check_run_name, claimed
 
 log = logging.getLogger("m2bert.retrieval")
 
@@ -37,6 +38,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"{'; '.join(unknown)}: no such retrieval setting; the settings and their values: "
                           "m2bert-retrieval --cfg job")
     check_missing(cfg)
+    check_run_name(cfg.run_name)
     r = cfg.retrieval
     for key in ("max_seq_length", "batch_size", "mini_batch_size", "eval_batch_size"):
         if r[key] <= 0:
@@ -58,14 +60,11 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"data.{key}={cfg.data[key]} must be > 0 (or null: all)")
 
 
-def prepare_run_dir(cfg: DictConfig) -> Path:
-    """``<run_root>/<run_name>``; refused if an earlier run finished there (a run is never overwritten)."""
-    run_dir = Path(cfg.run_root) / cfg.run_name
-    for done in ("results.json", "model"):
-        if (run_dir / done).exists():
-            raise ConfigError(f"run folder {run_dir} already holds a run ({done}); choose another run_name= "
-                              f"(or leave it unset: m2bert-retrieval-<date-time>)")
-    return run_dir  # created by the first thing written there (start/), after every check passed
+def run_folder(cfg: DictConfig) -> RunFolder:
+    """``<run_root>/<run_name>``: refused if an earlier run left anything there (a run is never overwritten); the
+    Hydra callback (yamls/retrieval.yaml) claims it before Hydra writes there."""
+    return RunFolder(Path(cfg.run_root) / check_run_name(cfg.run_name), overwrite=None,
+                     other="choose another run_name= (or leave it unset: m2bert-retrieval-<date-time>)")
 
 
 def start_model_dir(cfg: DictConfig, run_dir: Path) -> Path:
@@ -149,7 +148,8 @@ def _device(cfg: DictConfig) -> str:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Check, build, evaluate, fine-tune, evaluate, export; returns what ``results.json`` holds."""
+    """Check, claim the run folder, build, evaluate, fine-tune, evaluate, export; returns what ``results.json``
+    holds."""
     check_config(cfg)
     if cfg.offline:
         tok = cfg.start.tokenizer
@@ -165,7 +165,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not Path(cfg.data.folder).is_dir():
         raise ConfigError(f"data.folder={cfg.data.folder} does not exist: write it with "
                           f"m2bert-make-retrieval --shared ../shared --out {cfg.data.folder}")
-    run_dir = prepare_run_dir(cfg)
+    folder = run_folder(cfg)
+    with claimed(folder):
+        return finetune(cfg, folder.path)
+
+
+def finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Everything after the checks, in the claimed run folder."""
     pairs, queries, corpus, relevant = load_data(cfg)
     start_dir = start_model_dir(cfg, run_dir)
 

@@ -12,9 +12,32 @@ from pathlib import Path
 from typing import Any
 
 from m2bert.data.glue_tasks import HF_SOURCES, cached_tokenizer, get_task, validate_task_files
-from m2bert.glue.schema import GlueConfig
+from m2bert.glue.schema import GlueConfig, TaskSettings
 from m2bert.glue.start import Start, check_padding, max_length, resolve_start
 from m2bert.options import ConfigError
+
+
+def check_values(config: GlueConfig, settings: dict[str, TaskSettings]) -> None:
+    """Sizes and durations the schema's types cannot check, run-wide and per task (``settings``: by their
+    ``glue.<task>`` key), as pretraining checks its own: positive, whole and within range."""
+    from m2bert.train.validate import check_positive_ints, check_time
+
+    if config.resume and config.overwrite:
+        raise ConfigError("resume=true and overwrite=true: continue the earlier run or replace it, not both")
+    if config.max_duration is not None:
+        check_time("max_duration", config.max_duration, total=True)
+    check_time("console_log_interval", config.console_log_interval)
+    sizes = [("data.max_seq_len", config.data.max_seq_len), ("device_eval_batch_size", config.device_eval_batch_size)]
+    for key in ("train_subset", "eval_subset", "device_train_microbatch_size"):  # null: all rows / the batch size
+        if getattr(config, key) is not None:
+            sizes.append((key, getattr(config, key)))
+    for prefix, s in settings.items():
+        sizes += [(f"{prefix}.batch_size", s.batch_size), (f"{prefix}.epochs", s.epochs)]
+        if s.train_subset is not None:
+            sizes.append((f"{prefix}.train_subset", s.train_subset))
+        if s.max_duration is not None:
+            check_time(f"{prefix}.max_duration", s.max_duration, total=True)
+    check_positive_ints(sizes)
 
 
 def check_data(source: str, tasks: list[str]) -> None:

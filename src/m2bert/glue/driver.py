@@ -15,15 +15,22 @@ dependency, unless ``chain.checkpoint`` names an existing fine-tuned source mode
 ``<run>/jobs/mnli-seed19/final``: what sweeps over RTE/MRPC/STS-B settings want).
 ``chain.enabled=false`` starts every task from the pretrained checkpoint.
 
+The run folder is claimed first (``m2bert.run_folder``): locked, and refused if it holds an earlier run, unless
+``overwrite=true`` (deleted first) or ``resume=true``: then a job whose ``result.json`` records the same spec
+(task, seed, recipe, the start's weights sha256: ``JobSpec.fingerprint``) is reused, one with another spec is
+refused naming the setting, the rest run, and the table is rebuilt from all of them.
+
 Jobs run one per GPU through a queue of GPU ids when more than one is available, serially in this
 process otherwise (``m2bert.glue.execute``). Everything is validated before the first job starts.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -39,6 +46,7 @@ from m2bert.glue.schema import (
     to_glue_config,
 )
 from m2bert.options import ConfigError
+from m2bert.run_folder import RunFolder, check_run_name, claimed
 from m2bert.train.torch_compile import normalize as normalize_compile
 
 log = logging.getLogger("m2bert.glue")
@@ -128,7 +136,8 @@ def plan(config: GlueConfig) -> Plan:
     return Plan(tasks, settings, round1, round2, source, dependency)
 
 
-def job_specs(config: GlueConfig, p: Plan, run_dir: str, tasks: list[str], start: StartConfig, rnd: int) -> list[Any]:
+def job_specs(config: GlueConfig, p: Plan, run_dir: str, tasks: list[str], start: StartConfig, rnd: int,
+              start_sha256: str = "") -> list[Any]:
     """One JobSpec per task and seed. The chain source's first seed keeps its final model whenever round 2
     starts from it (whatever ``save_final`` says: round 2 cannot start otherwise)."""
     from m2bert.glue.jobs import JobSpec
@@ -142,7 +151,7 @@ def job_specs(config: GlueConfig, p: Plan, run_dir: str, tasks: list[str], start
                                                                      or p.needs_source_model(config)))
             specs.append(JobSpec(task=task, seed=int(seed), round=rnd, settings=s, start=start,
                                  out_dir=os.path.join(run_dir, "jobs", f"{task}-seed{seed}"), config=config,
-                                 save_final=save))
+                                 save_final=save, start_sha256=start_sha256))
     return specs
 
 
@@ -157,41 +166,72 @@ def check_choices(config: GlueConfig) -> None:
     normalize_compile(config.impl.compile, "impl.compile")
 
 
+def run_folder(cfg: Any) -> RunFolder:
+    """The run folder (``run_dir``, default ``<run_root>/<run_name>``) and how an earlier run there may be reused
+    (``resume``, ``overwrite``); the Hydra callback (yamls/glue.yaml) claims it before Hydra writes there."""
+    name = check_run_name(cfg.run_name)
+    path = Path(cfg.run_dir) if cfg.run_dir else Path(cfg.run_root) / name
+    return RunFolder(path, resume_key="resume", resume=bool(cfg.resume), overwrite=bool(cfg.overwrite))
+
+
 def run(cfg: DictConfig | GlueConfig, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Validate, run round 1 and round 2 (the chain), aggregate; returns results incl. table and paths.
+    """Validate, claim the run folder, run round 1 and round 2 (the chain), aggregate; returns results incl.
+    table and paths.
 
     ``overrides``: the command line's, recorded in results.json (the sweep report groups by them).
     """
-    from m2bert.glue.checks import check_data, check_start
-    from m2bert.glue.execute import gpu_ids, run_queue, run_serial
-    from m2bert.glue.results import write_results
+    from m2bert.glue.checks import check_data, check_start, check_values
+    from m2bert.glue.execute import gpu_ids
     from m2bert.glue.start import resolve_start_config
     from m2bert.train.builders import resolve_device_and_precision
 
     t0 = time.perf_counter()
     config = cfg if isinstance(cfg, GlueConfig) else load_config(cfg)
+    folder = run_folder(config)
     check_choices(config)
     p = plan(config)
+    check_values(config, {f"glue.{settings_key(t)}": s for t, s in p.settings.items()})
     check_data(config.data.source, p.round1 + p.round2)
     resolve_device_and_precision(config.device, config.precision)
     start = resolve_start_config(config.start)
     check_start(config, start, chain_checkpoint=bool(p.round2))
-    run_dir = config.run_dir or os.path.join(config.run_root, config.run_name)
     gpus = gpu_ids(config.gpus, config.device)
     queue = config.execution == "queue" or (config.execution == "auto" and len(gpus) > 1)
     if queue and not gpus:
         raise ConfigError("execution=queue needs GPU ids (gpus=[0,1,...]) or visible GPUs")
+    with claimed(folder):
+        return run_claimed(config, str(folder.path), p, start, gpus if queue else None, overrides, t0)
+
+
+def run_claimed(config: GlueConfig, run_dir: str, p: Plan, start: Any, queue_gpus: list[int] | None,
+                overrides: list[str] | None, t0: float) -> dict[str, Any]:
+    """The rounds in the claimed run folder (on the GPU queue when ``queue_gpus``), then the results files."""
+    from m2bert.glue.execute import run_queue, run_serial
+    from m2bert.glue.results import write_results
+
     log.info("GLUE: %s; round 1 %s; round 2 %s (from %s); %s; run dir %s", config.glue.model_size, p.round1, p.round2,
-             p.source, f"queue over GPUs {gpus}" if queue else "serial", run_dir)
+             p.source, f"queue over GPUs {queue_gpus}" if queue_gpus is not None else "serial", run_dir)
 
     finished: list[dict[str, Any]] = []
 
     def run_round(specs: list[Any], st: Any) -> list[dict[str, Any]]:
-        return run_queue(specs, gpus, finished) if queue else run_serial(specs, st, finished)
+        reused = {s.name: r for s in specs if config.resume and (r := finished_result(s)) is not None}
+        finished.extend(reused.values())
+        todo = [s for s in specs if s.name not in reused]
+        if not todo:
+            ran: list[dict[str, Any]] = []
+        elif queue_gpus is not None:
+            ran = run_queue(todo, queue_gpus, finished)
+        else:
+            ran = run_serial(todo, st, finished)
+        results = {**reused, **{s.name: r for s, r in zip(todo, ran)}}
+        return [results[s.name] for s in specs]
 
     label = str(config.run_name)  # the row says which run it is; the start is in results.json
     try:
         jobs, chain_start = run_rounds(config, run_dir, p, start, run_round)
+    except ConfigError:
+        raise  # a refusal (resume=true with another spec): the earlier run's results stay as they are
     except Exception as e:
         if finished:  # keep what finished: results.* of those jobs, with the failure named
             write_results(run_dir, finished, config.glue.model_size, label, config.published, config.plot,
@@ -210,11 +250,43 @@ def run(cfg: DictConfig | GlueConfig, overrides: list[str] | None = None) -> dic
     return results
 
 
+def finished_result(spec: Any) -> dict[str, Any] | None:
+    """``resume=true``: the result of a job that finished before with this very spec (its ``result.json``, written
+    atomically), or None when it has to run; one that finished with another spec is refused, naming the setting."""
+    path = os.path.join(spec.out_dir, "result.json")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("resume: %s is unreadable (%s); %s runs again", path, e, spec.name)
+        return None
+    if not isinstance(saved, dict) or not isinstance(saved.get("spec"), dict) or "metrics" not in saved:
+        raise ConfigError(f"resume=true: {path} records no job spec (an older m2bert wrote it), so it cannot be "
+                          f"checked against this run; start afresh with overwrite=true or another run_name")
+    ours, theirs = _flat(json.loads(json.dumps(spec.fingerprint()))), _flat(saved["spec"])
+    for key in sorted(set(ours) | set(theirs)):
+        if ours.get(key) != theirs.get(key):
+            raise ConfigError(f"resume=true: {spec.name} finished with {key}={theirs.get(key)!r} ({path}), this run "
+                              f"has {key}={ours.get(key)!r}; resume with the settings it ran with, or start afresh "
+                              f"with overwrite=true or another run_name")
+    log.info("resume: %s finished before (%s): reused", spec.name, path)
+    return saved
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def run_rounds(config: GlueConfig, run_dir: str, p: Plan, start: Any, run_round: Any) -> tuple[list[Any], Any]:
     """Round 1, then round 2 from the chain source; returns the jobs' results and the chain start."""
     from m2bert.glue.start import resolve_start
 
-    jobs = run_round(job_specs(config, p, run_dir, p.round1, start.spec(), 1), start)
+    jobs = run_round(job_specs(config, p, run_dir, p.round1, start.spec(), 1, start.sha256()), start)
     chain_start = None
     if p.round2:
         if config.chain.checkpoint:
@@ -225,7 +297,8 @@ def run_rounds(config: GlueConfig, run_dir: str, p: Plan, start: Any, run_round:
                 raise RuntimeError(f"the chain source {p.source} (seed {source_job['seed']}) saved no final model")
             chain_start = resolve_start("hf", source_job["final_model"], tokenizer=start.tokenizer)
         log.info("round 2 %s starts from %s (%s's first seed)", p.round2, chain_start.path, p.source)
-        jobs += run_round(job_specs(config, p, run_dir, p.round2, chain_start.spec(), 2), chain_start)
+        jobs += run_round(job_specs(config, p, run_dir, p.round2, chain_start.spec(), 2, chain_start.sha256()),
+                          chain_start)
     return jobs, chain_start
 
 

@@ -39,6 +39,7 @@ class JobSpec:
     out_dir: str
     config: GlueConfig  # the run's shared settings (data, optimizer, scheduler, device, logger…)
     save_final: bool = False
+    start_sha256: str = ""  # of the start's weights file(s): part of what a resumed run compares
 
     @property
     def name(self) -> str:
@@ -49,6 +50,20 @@ class JobSpec:
 
     def train_subset(self) -> Optional[int]:
         return self.settings.train_subset or self.config.train_subset
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the job's result depends on: task, seed, recipe (as it takes effect: the duration and subset that
+        apply, not the keys they came from; speed-only settings left out) and the start's weights. Written into
+        result.json; ``resume=true`` reuses a finished job only when it is the same."""
+        c = self.config
+        own = {k: v for k, v in asdict(self.settings).items() if k not in ("seeds", "epochs", "max_duration",
+                                                                           "train_subset")}
+        recipe = {**own, "max_duration": self.duration(), "train_subset": self.train_subset(),
+                  "eval_subset": c.eval_subset, "data": asdict(c.data), "optimizer": asdict(c.glue.optimizer),
+                  "scheduler": asdict(c.glue.scheduler), "grad_clip_norm": c.grad_clip_norm, "precision": c.precision,
+                  "save_final": self.save_final}
+        return {"task": self.task, "seed": self.seed, "round": self.round, "start_sha256": self.start_sha256,
+                "recipe": recipe}
 
 
 @dataclass
@@ -89,6 +104,7 @@ def run_job(spec: JobSpec, start: Optional[Start] = None) -> dict[str, Any]:
         "time_s": round(time.perf_counter() - t0, 2), "train_time_s": round(train_time, 2),
         "batches": int(trainer.state.timestamp.batch), "train_rows": len(data.train), "eval_rows": evaluation.rows,
         "start": {"kind": start.kind, "path": start.path}, "settings": asdict(spec.settings), "final_model": None,
+        "spec": spec.fingerprint(),
     }
     if spec.save_final:
         result["final_model"] = export_final(spec, task, start, model, result)

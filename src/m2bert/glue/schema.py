@@ -134,6 +134,8 @@ class GlueConfig:
     run_root: str = "runs"
     run_name: str = "glue"
     run_dir: Optional[str] = None  # default <run_root>/<run_name>; a Hydra multirun job uses its own dir
+    resume: bool = False  # continue the earlier run in the run folder: finished jobs with the same spec are reused
+    overwrite: bool = False  # delete the earlier run in the run folder first (otherwise such a folder is refused)
     device: str = "auto"  # auto | cpu | gpu
     precision: str = "auto"  # amp_bf16 on GPU, fp32 on CPU
     gpus: Optional[list[int]] = None  # GPU ids for the job queue; null = all visible GPUs

@@ -23,6 +23,7 @@ jobs, so M2 and BERT are compared by one driver.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -82,11 +83,38 @@ class Start:
     state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
     trust: bool = False  # start.trust_checkpoint: unpickle a Composer checkpoint without the safety check
     config_path: str | None = None  # start.config as given (None: found beside the checkpoint)
+    weights: tuple[str, ...] = ()  # the file(s) the weights were read from (what sha256 identifies)
+
+    def sha256(self) -> str:
+        """The sha256 of the weights file(s): a resumed GLUE job is reused only if it started from these bytes."""
+        return weights_sha256(self.weights)
 
     def spec(self) -> StartConfig:
         """What a job (or a worker process) needs to resolve the same start again."""
         return StartConfig(kind=self.kind, path=self.path, config=self.config_path, tokenizer=self.tokenizer,
                            trust_checkpoint=self.trust)
+
+
+_hashes: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes, cached per (path, size, mtime) within the process."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _hashes:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        _hashes[key] = h.hexdigest()
+    return _hashes[key]
+
+
+def weights_sha256(files: tuple[str, ...]) -> str:
+    """A file's sha256; for several files, the sha256 of their hashes in order."""
+    hashes = [file_sha256(f) for f in files]
+    return hashes[0] if len(hashes) == 1 else hashlib.sha256("".join(hashes).encode()).hexdigest()
 
 
 def check_padding(start: Start, pad_to_max_length: bool) -> None:
@@ -112,24 +140,25 @@ def _has_tokenizer(path: str) -> bool:
         os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"))
 
 
-def _hf_state(path: str) -> dict[str, torch.Tensor]:
-    st = os.path.join(path, "model.safetensors")
-    if os.path.isfile(st):
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(st)
-        except Exception as e:  # noqa: BLE001 - re-raised with the file named
-            raise ConfigError(f"start: cannot read {st}: {type(e).__name__}: {e}") from e
-    binf = os.path.join(path, "pytorch_model.bin")
-    if os.path.isfile(binf):
-        try:
-            state = torch.load(binf, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"start: cannot read {binf}: {type(e).__name__}: {e}") from e
-        check_contents(state, binf, key=None)
-        return state
+def _hf_weights_file(path: str) -> str:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
     raise ConfigError(f"start: {path} holds no model.safetensors or pytorch_model.bin")
+
+
+def _hf_state(path: str) -> dict[str, torch.Tensor]:
+    f = _hf_weights_file(path)
+    try:
+        if f.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(f)
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ConfigError(f"start: cannot read {f}: {type(e).__name__}: {e}") from e
+    check_contents(state, f, key=None)
+    return state
 
 
 def _composer_file(path: str) -> str:
@@ -204,6 +233,7 @@ def resolve_start(kind: str, path: str, config: str | None = None, tokenizer: st
         model_config = _hf_config(config or path)
         tok = tokenizer or (path if _has_tokenizer(path) else None)
         state = _hf_state(path)
+        weights = _hf_weights_file(path)
     elif kind == "composer":
         path = _composer_file(path)
         beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "hf")
@@ -214,6 +244,7 @@ def resolve_start(kind: str, path: str, config: str | None = None, tokenizer: st
                               f"(an HF dir or config.json); looked for {beside}/config.json")
         tok = tokenizer or (config if config and _has_tokenizer(config) else None) or (beside if _has_tokenizer(beside) else None)
         state = _composer_state(path, trust)
+        weights = path
     elif kind == "original":
         from m2bert.model.original import original_to_ours, read_original_state_dict
 
@@ -221,6 +252,7 @@ def resolve_start(kind: str, path: str, config: str | None = None, tokenizer: st
             raise ConfigError(f"start: original checkpoint {path} does not exist")
         model_config = M2BertConfig.from_original(_original_config(config))
         tok = tokenizer or "bert-base-uncased"
+        weights = path
         try:
             raw = read_original_state_dict(path)
         except (FileNotFoundError, ValueError) as e:
@@ -241,7 +273,7 @@ def resolve_start(kind: str, path: str, config: str | None = None, tokenizer: st
     if not encoder:
         raise ConfigError(f"start: {path} holds no encoder weights (bert.*)")
     return Start(kind=kind, path=path, config=model_config, tokenizer=str(tok), state=state, trust=trust,
-                 config_path=config)
+                 config_path=config, weights=(weights,))
 
 
 def classifier_config(start: Start, num_labels: int, pooling: str, kernels: str | None = None) -> PretrainedConfig:

@@ -4,7 +4,9 @@
   output folder uses it too); under a multi-process launch rank 0's name is broadcast, as
   Composer does for its generated names, so every rank writes to the same folder.
 * A save folder that already holds checkpoints is only continued (``autoresume=true``) or
-  replaced (``overwrite=true``) when the user says so.
+  replaced (``overwrite=true``) when the user says so; so is the run folder as a whole
+  (``m2bert.run_folder``: export, summary and Hydra's config too, whatever ``save_folder`` says), and
+  ``autoresume=true`` continues only the run whose checkpoints are in ``save_folder``.
 * ``kill -9`` during a checkpoint save leaves a truncated ``ep*-ba*-rank*.pt`` (Composer's
   autoresume then stops on it with FileExistsError) or a ``latest-rank*.pt`` link to a missing
   file (Composer then silently restarts from batch 0). :func:`prepare_autoresume` sets partial
@@ -14,6 +16,7 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -33,7 +36,7 @@ RUN_NAME_RESOLVER = "m2bert_run_name"
 _generated: str | None = None
 
 
-def _launcher_start_time() -> float | None:
+def launcher_start_time() -> float | None:
     """When the parent process started (Linux), if we are one of several ranks it launched.
 
     Ranks of ``composer -n N``/torchrun start a second or so apart; their launcher's start time is the
@@ -51,12 +54,17 @@ def _launcher_start_time() -> float | None:
         return None
 
 
+def launch_time() -> str:
+    """``YYYYmmdd-HHMMSS``: when this run was launched; every rank of a multi-process launch gives the same
+    (their launcher's start), so their Hydra folder ``<run>/hydra/<launch time>`` is one."""
+    return time.strftime("%Y%m%d-%H%M%S", time.localtime(launcher_start_time()))
+
+
 def generated_run_name() -> str:
     """This process's default run name, the same every time it is asked for (Hydra dir and run dir agree)."""
     global _generated
     if _generated is None:
-        started = _launcher_start_time()
-        _generated = "m2bert-pretrain-" + time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+        _generated = "m2bert-pretrain-" + launch_time()
     return _generated
 
 
@@ -109,6 +117,33 @@ def guard_save_folder(save_folder: str, autoresume: bool, overwrite: bool) -> No
         shown = ", ".join(found[:3]) + (", …" if len(found) > 3 else "")
         raise ConfigError(f"{save_folder} already holds checkpoints of an earlier run ({shown}): continue it with "
                           f"autoresume=true, replace them with overwrite=true, or choose another run_name")
+
+
+def check_same_run(run_dir: str, save_folder: str) -> None:
+    """``autoresume=true`` continues the run in ``run_dir``: refused when that run's checkpoints are elsewhere than
+    ``save_folder`` (its export and summary would be replaced by a run that did not continue it)."""
+    here = os.path.abspath(save_folder)
+    default = os.path.join(run_dir, "checkpoints")
+    recorded = None
+    try:
+        recorded = json.loads(Path(run_dir, "summary.json").read_text()).get("checkpoints")
+    except (OSError, ValueError, AttributeError):
+        pass
+    for theirs in (default if existing_checkpoints(default) else None, recorded):
+        if theirs and os.path.abspath(theirs) != here:
+            raise ConfigError(f"autoresume=true: the run in {run_dir} keeps its checkpoints in {theirs}, not in "
+                              f"save_folder={save_folder}; continue it with save_folder={theirs}, or choose another "
+                              f"run_name")
+
+
+def remove_checkpoints(save_folder: str) -> None:
+    """``overwrite=true``: the earlier run's checkpoints go before the new run saves (a newer one of theirs left
+    beside the new run's would be what a later autoresume continues)."""
+    found = existing_checkpoints(save_folder)
+    if found:
+        log.warning("overwrite=true: deleting the earlier run's checkpoints in %s (%s)", save_folder, ", ".join(found))
+    for name in found:
+        os.unlink(os.path.join(save_folder, name))
 
 
 def is_complete(path: str | os.PathLike[str]) -> bool:

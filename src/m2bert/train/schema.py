@@ -110,8 +110,8 @@ class PretrainConfig:
     save_folder: Optional[str] = None  # default: <run_root>/<run_name>/checkpoints
     save_interval: str = "3500ba"
     save_num_checkpoints_to_keep: int = 1
-    autoresume: bool = False  # continue from the newest complete checkpoint in save_folder
-    overwrite: bool = False  # replace the checkpoints already in save_folder (otherwise refused)
+    autoresume: bool = False  # continue the run in the run folder, from the newest complete checkpoint in save_folder
+    overwrite: bool = False  # delete the earlier run in the run folder (and save_folder's checkpoints) first
     load_path: Optional[str] = None
     trust_checkpoint: bool = False  # hand Composer load_path / the autoresume file unchecked (trusted files only)
     export_hf: bool = True

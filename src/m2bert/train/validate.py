@@ -19,12 +19,21 @@ _TIME_RE = re.compile(r"^(.+?)(" + "|".join(_TIME_UNITS) + r")$", re.IGNORECASE)
 _TIMEDELTA_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
-def check_time(key: str, value: Any, *, positive: bool = True) -> None:
-    """``value`` is a Composer time string such as ``70000ba``, ``1ep``, ``0.06dur`` or ``2h``."""
+# The largest sizes accepted: a batch, a sequence length or a subset beyond int32 is a typo, never a run (and
+# would overflow 32-bit indexing); a duration beyond int64 cannot be counted by Composer's timestamps.
+MAX_SIZE = 2**31 - 1
+MAX_DURATION = 2**63 - 1
+
+
+def check_time(key: str, value: Any, *, positive: bool = True, total: bool = False) -> None:
+    """``value`` is a Composer time string such as ``70000ba``, ``1ep``, ``0.06dur`` or ``2h``; ``total``: it is a
+    run's length (``max_duration``), which Composer takes only in counted units (ep, ba, sp, tok, iter)."""
     text = str(value).strip()
     m = _TIME_RE.match(text)
     number: float | None = None
+    unit = "sec"
     if m:
+        unit = m.group(2).lower()
         try:
             number = float(m.group(1))
         except ValueError:
@@ -34,12 +43,23 @@ def check_time(key: str, value: Any, *, positive: bool = True) -> None:
     if number is None or not math.isfinite(number) or number < 0 or (positive and number == 0):
         raise ConfigError(f"{key}={value!r} is not a {'positive ' if positive else ''}Composer duration: "
                           f"use a number and a unit ({', '.join(_TIME_UNITS)}), e.g. {key}=1000ba")
+    if total and unit in ("dur", "sec"):
+        why = "a fraction of the run cannot set the run" if unit == "dur" else "not wall-clock time"
+        raise ConfigError(f"{key}={value!r}: a run's length is counted in ep, ba, sp or tok ({why}), e.g. {key}=1000ba")
+    if unit != "dur" and not number.is_integer():
+        raise ConfigError(f"{key}={value!r} is not a whole number of {unit}: Composer counts {unit} in whole units "
+                          f"(only dur, a fraction of the run, takes decimals), e.g. {key}={max(1, int(number))}{unit}")
+    if number > MAX_DURATION:
+        raise ConfigError(f"{key}={value!r} is out of range: at most {MAX_DURATION} (2^63 - 1) {unit}")
 
 
 def check_positive_ints(pairs: Iterable[tuple[str, Any]]) -> None:
+    """Each value is a whole number in [1, MAX_SIZE] (a size: batch, sequence length, subset)."""
     for key, value in pairs:
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"{key}={value!r} must be a positive integer")
+        if value > MAX_SIZE:
+            raise ConfigError(f"{key}={value} is out of range: at most {MAX_SIZE} (2^31 - 1)")
 
 
 def check_betas(key: str, betas: Any) -> None:
@@ -50,12 +70,14 @@ def check_betas(key: str, betas: Any) -> None:
 
 def check_pretrain(cfg: Any) -> None:
     """Every value-level check of a pretraining config (the schema already checked keys and types)."""
+    from m2bert.run_folder import check_run_name
     from m2bert.train.schema import PretrainConfig
 
     unknown = unknown_keys(cfg, PretrainConfig)  # added with +key=value: struct mode lets those through
     if unknown:
         raise ConfigError(f"{'; '.join(unknown)}: no such pretraining setting; the settings and their values: "
                           "m2bert-pretrain --cfg job")
+    check_run_name(cfg.run_name)
     check_positive_ints([("global_train_batch_size", cfg.global_train_batch_size),
                          ("device_eval_batch_size", cfg.device_eval_batch_size),
                          ("impl.device_train_microbatch_size", cfg.impl.device_train_microbatch_size),
@@ -65,7 +87,7 @@ def check_pretrain(cfg: Any) -> None:
                           f"{cfg.model.overrides[key]} instead")
     if cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers={cfg.data.num_workers} must be >= 0")
-    check_time("max_duration", cfg.max_duration)
+    check_time("max_duration", cfg.max_duration, total=True)
     check_time("eval_interval", cfg.eval_interval)
     check_time("save_interval", cfg.save_interval)
     check_time("console_log_interval", cfg.console_log_interval)
