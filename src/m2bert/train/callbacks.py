@@ -1,10 +1,13 @@
 """Small Composer callbacks."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from composer.core import Callback, State
 from composer.loggers import Logger
+
+log = logging.getLogger(__name__)
 
 
 class EvalHistory(Callback):
@@ -71,6 +74,16 @@ def implicit_filters(model: Any) -> dict[str, Any]:
     return out
 
 
+def sharded(model: Any) -> bool:
+    """Whether FSDP (1: wrapper modules, 2: DTensor parameters) shards ``model``: a filter's weights are then not
+    whole on any rank outside FSDP's own forward."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(m, FullyShardedDataParallel) for m in model.modules()) or any(
+        isinstance(p, DTensor) for p in model.parameters())
+
+
 def filter_stats(model: Any) -> dict[str, dict[str, float]]:
     """Per implicit filter: its energy at lags ≥ 3 (``ImplicitFilter.tail_energy``) and its mean |freq|."""
     return {name: {"energy": f.tail_energy(), "freq": float(f.freq.detach().abs().mean())}
@@ -87,9 +100,10 @@ class FilterEnergy(Callback):
     def __init__(self) -> None:
         self.initial: dict[str, dict[str, float]] | None = None
         self.records: list[dict[str, Any]] = []
+        self._told = False
 
     def init(self, state: State, logger: Logger) -> None:
-        self.initial = filter_stats(state.model)
+        self.initial = filter_stats(state.model)  # before Composer wraps the model (FSDP shards it later)
 
     def state_dict(self) -> dict[str, Any]:
         return {"initial": self.initial}
@@ -98,10 +112,15 @@ class FilterEnergy(Callback):
         self.initial = state.get("initial") or self.initial
 
     def eval_end(self, state: State, logger: Logger) -> None:
-        now = filter_stats(state.model)
-        if not now:
+        if not self.initial:
+            return  # no implicit filters (the BERT baseline)
+        if sharded(state.model):
+            if not self._told:
+                log.info("filter energy is not measured under FSDP (the filters' weights are sharded)")
+                self._told = True
             return
-        initial = self.initial or now
+        now = filter_stats(state.model)
+        initial = self.initial
         # A filter that starts at zero (``*_init_scale=0``) has no relative energy: its absolute one is logged.
         relative = {name: s["energy"] / initial[name]["energy"] if initial[name]["energy"] > 0 else None
                     for name, s in now.items()}
