@@ -152,11 +152,10 @@ def test_every_option_has_help_and_shows_its_default_once(monkeypatch, module):
     """Each option has help; each default is said once ("(default: raw text)", not "... (default: None)")."""
     from m2bert import cli_help
 
-    parsers = []
+    parsers, original = [], cli_help.ArgumentParser
 
     def recording(doc, **kwargs):
-        parsers.append(cli_help.argparse.ArgumentParser(description=cli_help.plain(doc),
-                                                        formatter_class=cli_help.HelpFormatter, **kwargs))
+        parsers.append(original(doc, **kwargs))
         return parsers[-1]
 
     monkeypatch.setattr(cli_help, "ArgumentParser", recording)
