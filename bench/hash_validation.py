@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--synthetic-gb", type=float, default=1.0, help="size on disk of the synthetic dataset (GB)")
     p.add_argument("--row-len", type=int, default=1024, help="tokens per synthetic row")
     p.add_argument("--vocab", type=int, default=30522, help="token ids of the synthetic rows are below this")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic token ids")
     p.add_argument("--repeats", type=int, default=3, help="timed checks per mode and cache state")
     p.add_argument("--work", default=None, help="folder for the temporary datasets (default: the system's temp)")
     cli_help.add_result_args(p, "hash_validation_cpu")

@@ -25,7 +25,9 @@ def rows(results: Path, train: str, forward: list[str]) -> list[dict[str, Any]]:
     """One row per measurement: what, each model's best setting and tokens/s, the ratio and its spread."""
     out = []
     t = json.loads((results / train).read_text())
-    out.append({"what": "train 128", "source": train, "date": t["date"], "m2": t["m2_best"], "bert": t["bert_best"],
+    # train_throughput.py measures fp32 only (its JSON says so in "benchmark"); throughput.py records "dtype".
+    out.append({"what": "train 128", "source": train, "date": t["date"], "threads": t["threads"], "dtype": "fp32",
+                "m2": t["m2_best"], "bert": t["bert_best"],
                 "m2_tps": t["m2_tokens_per_s"], "bert_tps": t["bert_tokens_per_s"], "ratio": t["ratio"],
                 "spread": (t["ratio_per_step"]["min"], t["ratio_per_step"]["max"]),
                 "settings": {k[: -len("_tokens_per_s")]: v for k, v in t.items()
@@ -33,7 +35,8 @@ def rows(results: Path, train: str, forward: list[str]) -> list[dict[str, Any]]:
     for name in forward:
         f = json.loads((results / name).read_text())
         for length, r in f["lengths"].items():
-            out.append({"what": f"fwd {length}", "source": name, "date": f["date"], "m2": r["m2_best"],
+            out.append({"what": f"fwd {length}", "source": name, "date": f["date"], "threads": f["threads"],
+                        "dtype": f["dtype"], "m2": r["m2_best"],
                         "bert": r["bert_best"], "m2_tps": r["m2_tok_per_ms"] * 1e3, "bert_tps": r["bert_tok_per_ms"] * 1e3,
                         "ratio": r["ratio"], "spread": (r["ratio_per_round"]["min"], r["ratio_per_round"]["max"]),
                         "settings": {k[: -len("_tok_per_ms")]: v * 1e3 for k, v in r.items()
@@ -41,11 +44,22 @@ def rows(results: Path, train: str, forward: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+TITLE = "Speed: M2-BERT-base (80M) vs BERT-base, each at its best setting"
+
+
+def setup(table: list[dict[str, Any]], machine: str) -> str:
+    """Where and how the JSONs were measured, from the JSONs: "<machine>, 2 threads; fp32; 2026-11-29"."""
+    def joined(key: str, cut: int | None = None) -> str:
+        return " / ".join(sorted({str(r[key])[:cut] for r in table}))
+
+    return f"{machine}, {joined('threads')} threads; {joined('dtype')}; measured {joined('date', 10)}"
+
+
 def markdown(table: list[dict[str, Any]], machine: str) -> str:
     lines = [
-        "# Speed: M2-BERT-base (80M) vs BERT-base, each at its best setting",
+        f"# {TITLE}",
         "",
-        f"{machine}; fp32; steps or calls alternate between the models in one process; the spread is the ratio's "
+        f"{setup(table, machine)}; steps or calls alternate between the models in one process; the spread is the ratio's "
         "range over the rounds of that alternation. Training: fwd + bwd + DecoupledAdamW, MLM with 30% masking, "
         "batch 16 × 128. Forward: the MLM head included, 2,048 tokens per batch (1 sequence at 8192).",
         "",
@@ -60,25 +74,37 @@ def markdown(table: list[dict[str, Any]], machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(table: list[dict[str, Any]], path: Path) -> None:
+def plot(table: list[dict[str, Any]], machine: str, path: Path) -> Any:
+    """The ratios as bars with their values and spread, the goals as red marks: a chart that reads alone.
+    Returns the figure (tests read its labels)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     names = [r["what"] for r in table]
     x = range(len(names))
-    ax.bar(x, [r["ratio"] for r in table], color="tab:blue", label="M2 / BERT (best vs best)")
-    ax.errorbar(x, [r["ratio"] for r in table], fmt="none", ecolor="black", capsize=3,
+    bars = ax.bar(x, [r["ratio"] for r in table], color="tab:blue", label="M2 / BERT tokens/s (best vs best)")
+    ax.bar_label(bars, labels=[f"{r['ratio']:.2f}×" for r in table], label_type="center", color="white",
+                 fontsize=9, fontweight="bold")
+    ax.errorbar(x, [r["ratio"] for r in table], fmt="none", ecolor="black", capsize=3, label="spread over rounds",
                 yerr=[[r["ratio"] - r["spread"][0] for r in table], [r["spread"][1] - r["ratio"] for r in table]])
-    ax.scatter(x, [GOALS.get(n, float("nan")) for n in names], marker="_", s=400, color="tab:red", label="goal")
-    ax.axhline(1.0, color="gray", lw=0.8)
+    goals = [GOALS.get(n, float("nan")) for n in names]
+    ax.scatter(x, goals, marker="_", s=500, linewidths=2, color="tab:red", label="goal (issue 11)")
+    for i, goal in zip(x, goals):
+        ax.annotate(f"{goal:.1f}", (i, goal), xytext=(0, 3), textcoords="offset points", ha="center",
+                    fontsize=8, color="tab:red")
+    ax.axhline(1.0, color="gray", lw=0.8, label="same speed (1.0)")
     ax.set_xticks(list(x), names)
-    ax.set_ylabel("tokens/s ratio")
-    ax.legend(fontsize=8)
+    ax.set_xlabel("measurement: training step or forward pass, at sequence length (tokens)")
+    ax.set_ylabel("tokens/s ratio M2 / BERT")
+    ax.set_ylim(0, max(max(goals), max(r["spread"][1] for r in table)) * 1.15)
+    ax.set_title(f"{TITLE}\n{setup(table, machine)}", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    return fig
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train", default="train_cpu_best.json", help="bench/train_throughput.py's JSON")
     p.add_argument("--forward", nargs="+", default=["throughput_cpu_best.json", "throughput_cpu_8192_eager.json"],
                    help="bench/throughput.py's JSONs")
-    p.add_argument("--machine", default="2-core AMD EPYC (this project's CPU machine), 2 threads",
+    p.add_argument("--machine", default="CPU: 2-core AMD EPYC (this project's CPU machine)",
                    help="the machine, as the report names it")
     args = p.parse_args(argv)
     results = Path(args.results)
@@ -97,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"{results / name} not found: run the benchmark that writes it first (see the docstring)")
     table = rows(results, args.train, args.forward)
     (results / "speed_cpu.md").write_text(markdown(table, args.machine))
-    plot(table, results / "speed_cpu.png")
+    plot(table, args.machine, results / "speed_cpu.png")
     log.info("wrote %s and %s", results / "speed_cpu.md", results / "speed_cpu.png")
 
 

@@ -134,3 +134,35 @@ def test_data_sample_finds_what_the_demo_writes(sample_mds, tmp_path, monkeypatc
     assert Path(cfg.data.local).resolve() == paths["mds"].resolve()
     assert Path(cfg.data.tokenizer).resolve() == paths["tokenizer"].resolve()
     check_data(cfg.data)
+
+
+def _console_scripts() -> list[str]:
+    """Modules of pyproject's [project.scripts] built on argparse (``cli_help``), plus ``python -m m2bert.demo``."""
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    modules = [target.split(":")[0] for target in scripts.values()]
+    argparse_based = [m for m in modules
+                      if "cli_help.ArgumentParser(" in (ROOT / "src" / f"{m.replace('.', '/')}.py").read_text()]
+    return sorted(argparse_based) + ["m2bert.demo"]
+
+
+@pytest.mark.parametrize("module", _console_scripts())
+def test_every_option_has_help_and_shows_its_default_once(monkeypatch, module):
+    """Each option has help; each default is said once ("(default: raw text)", not "... (default: None)")."""
+    from m2bert import cli_help
+
+    parsers, original = [], cli_help.ArgumentParser
+
+    def recording(doc, **kwargs):
+        parsers.append(original(doc, **kwargs))
+        return parsers[-1]
+
+    monkeypatch.setattr(cli_help, "ArgumentParser", recording)
+    monkeypatch.setattr(sys, "argv", ["prog", "--help"])
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main()
+    assert len(parsers) == 1
+    assert cli_help.help_problems(parsers[0]) == []
+    text = parsers[0].format_help()
+    assert "(default: None)" not in text and "(default: False)" not in text

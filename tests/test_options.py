@@ -83,3 +83,19 @@ def test_constant_with_warmup_holds_alpha_f():
     assert builders.build_scheduler(cfg.scheduler).alpha == 1.0
     cfg.scheduler.alpha_f = 0.5
     assert builders.build_scheduler(cfg.scheduler).alpha == 0.5
+
+
+def test_logged_config_shows_choices_as_plain_names():
+    """The config Composer's console logger and W&B get (``yaml.dump`` of the hyperparameters) names each choice
+    as typed, ``linear_decay_with_warmup``, never ``!!python/object/apply:m2bert.options.Scheduler``."""
+    import yaml
+
+    from m2bert.glue.driver import load_config
+
+    pretrain = compose_pretrain([])
+    glue = load_config(compose_glue(["start.path=x"]))
+    for cfg in (pretrain, glue):
+        text = yaml.dump(options.loggable(cfg))
+        assert "linear_decay_with_warmup" in text and "!!python" not in text
+    assert "!!python" in yaml.dump(OmegaConf.to_container(pretrain, resolve=True))  # what was logged before
+    assert yaml.safe_load(yaml.dump(options.loggable(pretrain)))["scheduler"]["name"] == "linear_decay_with_warmup"

@@ -38,3 +38,18 @@ def test_missing_json_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         _report().main(["--results", str(tmp_path)])
     assert exc.value.code == 2 and "train_cpu_best.json not found" in capsys.readouterr().err
+
+
+def test_chart_reads_alone(tmp_path):
+    """Title with what is compared, the machine, threads, precision and date; each bar's value; goals in the legend."""
+    report = _report()
+    table = report.rows(ROOT / "bench" / "results", JSONS[0], list(JSONS[1:]))
+    fig = report.plot(table, "CPU: test machine", tmp_path / "speed.png")
+    ax = fig.axes[0]
+    title = ax.get_title()
+    assert "M2-BERT-base (80M) vs BERT-base" in title and "CPU: test machine" in title
+    threads = json.loads((ROOT / "bench" / "results" / JSONS[0]).read_text())["threads"]
+    assert f"{threads} threads" in title and "fp32" in title and table[0]["date"][:10] in title
+    texts = [t.get_text() for t in ax.texts]
+    assert all(f"{r['ratio']:.2f}×" in texts for r in table)
+    assert "goal (issue 11)" in [t.get_text() for t in ax.get_legend().get_texts()]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
-from dataclasses import is_dataclass
+from dataclasses import asdict, is_dataclass
 from enum import Enum
 from typing import Any
 
@@ -167,3 +167,22 @@ def unknown_keys(cfg: Any, schema: type, prefix: str = "") -> list[str]:
 def choices(choice: type[Choice]) -> tuple[str, ...]:
     """The allowed strings of a choice, in definition order: ``choices(Kernels)`` → ``("auto", "triton", "torch")``."""
     return tuple(member.value for member in choice)
+
+
+def loggable(cfg: Any) -> Any:
+    """A config (DictConfig, dataclass, or their plain containers) as loggers take it: every choice as its
+    string. ``yaml.dump`` (Composer's console logger, W&B's config file) writes an ``Enum`` member as
+    ``!!python/object/apply:m2bert.options.Scheduler`` otherwise; every logged config passes through here."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    elif is_dataclass(cfg) and not isinstance(cfg, type):
+        cfg = asdict(cfg)
+    if isinstance(cfg, Enum):
+        return cfg.value
+    if isinstance(cfg, dict):
+        return {loggable(key): loggable(value) for key, value in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [loggable(value) for value in cfg]
+    return cfg

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from m2bert import cli
 from m2bert.atomic import atomic_write_json
-from m2bert.options import ConfigError
+from m2bert.options import ConfigError, loggable
 from m2bert.run_folder import RunFolder, check_run_name, claimed
 from m2bert.cli import GLUE_ONLY, register_resolvers, reject_foreign_groups
 from m2bert.train.schema import PretrainConfig, register
@@ -163,7 +163,7 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
             compile_config=compile_config,
             parallelism_config={"fsdp": OmegaConf.to_container(cfg.parallel.fsdp)} if cfg.parallel.name == "fsdp" else None,
         )
-    trainer.logger.log_hyperparameters(OmegaConf.to_container(cfg, resolve=True))  # every logger, W&B included
+    trainer.logger.log_hyperparameters(loggable(cfg))  # every logger, W&B included
     if cfg.eval_at_start and int(trainer.state.timestamp.batch) == 0:
         trainer.eval()
     trainer.fit()

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from m2bert.atomic import atomic_directory, atomic_write_json
-from m2bert.options import ConfigError, unknown_keys
+from m2bert.options import ConfigError, loggable, unknown_keys
 from m2bert.run_folder import RunFolder, check_run_name, claimed
 
 log = logging.getLogger("m2bert.retrieval")
@@ -225,7 +225,7 @@ def finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         pass
     results = {
         "run_name": cfg.run_name, "start": {"kind": str(cfg.start.kind), "path": str(cfg.start.path)},
-        "recipe": OmegaConf.to_container(r, resolve=True), "seed": cfg.seed, "device": device,
+        "recipe": loggable(r), "seed": cfg.seed, "device": device,
         "precision": "bf16" if bf16 else "fp32",
         "data": {"folder": str(cfg.data.folder), "train_pairs": len(pairs), "eval_queries": len(queries),
                  "corpus": len(corpus)},

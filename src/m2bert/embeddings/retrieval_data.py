@@ -363,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=8192, help="longest chunk target (WordPiece tokens)")
     ap.add_argument("--queries-per-doc", type=int, default=2, help="sentences removed from each document as queries")
     ap.add_argument("--eval-fraction", type=float, default=0.2, help="share of documents whose queries are held out")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the chunk lengths, the queries and the held-out split")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from m2bert.paths import shared_dir

@@ -23,6 +23,7 @@ from m2bert.atomic import atomic_write_json
 from m2bert.data.glue_tasks import GlueTask, cached_tokenizer, get_task, metric_fns, pad_collate, task_dataset
 from m2bert.glue.schema import GlueConfig, StartConfig, TaskSettings
 from m2bert.glue.start import Start, check_padding, load_classifier, resolve_start_config
+from m2bert.options import loggable
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +195,9 @@ def job_trainer(spec: JobSpec, task: GlueTask, start: Start, composer_model: Any
         compile_config=compile_config,
         callbacks=[CompileTimer()] if compile_config is not None else [],
     )
-    trainer.logger.log_hyperparameters({"glue": asdict(cfg), "job": {
+    trainer.logger.log_hyperparameters(loggable({"glue": cfg, "job": {
         "task": task.name, "seed": spec.seed, "round": spec.round, "settings": asdict(s), "start": start.path,
-        "max_duration": spec.duration()}})
+        "max_duration": spec.duration()}}))
     return trainer
 
 
