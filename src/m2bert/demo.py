@@ -51,6 +51,8 @@ def pretrain(paths: dict[str, Path], out: Path, batches: int, model: str) -> dic
         f"console_log_interval={max(batches // 10, 1)}ba", f"run_root={out / 'runs'}", "run_name=demo-pretrain",
         "overwrite=true",  # the demo is rerun into the same folder
     ]
+    if model.startswith("m2"):
+        overrides.append("filters=keep")  # the recommended filter recipe (README, "The filters' recipe")
     return run(cli.compose("pretrain", overrides))
 
 
