@@ -61,11 +61,11 @@ def context_use(model: nn.Module, batches: Iterable[dict[str, Any]], rows: int =
     pad_id = int(getattr(model.config, "pad_token_id", None) or 0)
     sums = {"full": 0.0, "window": 0.0, "left_only": 0.0}
     tokens, seen = 0, 0
+    device = next(model.parameters()).device
     try:
         for batch in batches:
             if seen >= rows:
                 break
-            device = next(model.parameters()).device
             take = rows - seen
             ids, mask, labels = (batch[k][:take].to(device) for k in ("input_ids", "attention_mask", "labels"))
             seen += ids.shape[0]
