@@ -272,13 +272,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per probe")
     p.add_argument("--context-rows", type=int, default=64, help="held-out rows for the context-use losses")
     p.add_argument("--quick", action="store_true", help="a few batches on a slice of the corpus: plumbing only")
-    p.add_argument("--overwrite", action="store_true", help="replace a probe's earlier result file")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier result file (a probe's or the guard's)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.action == "report":
         print(report(args.out)["markdown"])
         return 0
     if args.action == "guard":
+        if (args.out / "filter_guard.json").exists() and not args.overwrite:
+            p.error(f"{args.out / 'filter_guard.json'} holds an earlier guard run: pass --overwrite to replace it")
         print(json.dumps(guard(args)["results"], indent=1))
         return 0
     unknown = [n for n in args.names if n not in PROBES]
