@@ -34,7 +34,7 @@ import shlex
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +240,29 @@ def side_by_side(stage: Any, workers: int, calls: list[tuple[Any, ...]]) -> dict
                              initargs=(1,)) as pool:
         futures = {call[0]: pool.submit(stage, *call) for call in calls}
         return {name: future.result() for name, future in futures.items()}
+
+
+def pretrain_then_finetune(args: argparse.Namespace, copies: dict[str, Path], vocab: Path, work: Path,
+                           lrs: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pretrain every model, then fine-tune it on GLUE as soon as its own pretraining ends (no waiting for the
+    slowest model), ``--parallel`` processes at a time, one thread each."""
+    context = multiprocessing.get_context("spawn")
+    summaries: dict[str, Any] = {}
+    glue: dict[str, Any] = {}
+    with ProcessPoolExecutor(min(args.parallel, len(MODELS)), mp_context=context, initializer=_limit_threads,
+                             initargs=(1,)) as pool:
+        pending = {pool.submit(pretrain, n, n, args, copies[n], vocab, work / "pretrain", args.batches, lrs[n],
+                               args.context_rows): ("pretrain", n) for n in MODELS}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                stage, name = pending.pop(future)
+                if stage == "pretrain":
+                    summaries[name] = future.result()
+                    pending[pool.submit(finetune, name, args, summaries[name]["hf_export"], work)] = ("glue", name)
+                else:
+                    glue[name] = future.result()
+    return summaries, glue
 
 
 def lr_probe(args: argparse.Namespace, mds: dict[str, Path], vocab: Path, work: Path) -> dict[str, Any]:
@@ -519,9 +542,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(mds, copies[name], dirs_exist_ok=True)
     probe = lr_probe(args, copies, vocab, work) if args.lr_grid and args.lr_probe else None
     lrs = {name: (probe["chosen"].get(name, args.lr) if probe else args.lr) for name in MODELS}
-    summaries = side_by_side(pretrain, args.parallel, [(n, n, args, copies[n], vocab, work / "pretrain", args.batches,
-                                                        lrs[n], args.context_rows) for n in MODELS])
-    glue = side_by_side(finetune, args.parallel, [(n, args, summaries[n]["hf_export"], work) for n in MODELS])
+    summaries, glue = pretrain_then_finetune(args, copies, vocab, work, lrs)
 
     models = {name: model_entry(name, summaries[name], glue[name], args.batch_size, plateau) for name in MODELS}
     result: dict[str, Any] = {
