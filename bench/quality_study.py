@@ -567,9 +567,9 @@ def main(argv: list[str] | None = None) -> int:
             "pretraining: m2bert-pretrain, same MDS shards, seed, data order and masks for every model; "
             "MLM 30% masking, decoder on masked positions only; held-out loss at 15% masking",
             "fine-tuning: m2bert-glue glue=small (one recipe for all: AdamW lr 2e-4, wd 0.01, 6% warm-up, linear "
-            "decay; 2 epochs, SST-2 1; fixed train subsets: SST-2 10,000 rows, MRPC and STS-B 2,000, RTE 1,500); batches "
-            "padded to their longest row (the models are padding-invariant); no MNLI chain (MNLI is not in "
-            "../shared); full dev sets",
+            "decay; 3 epochs (SST-2: 1); two seeds on MRPC, STS-B and RTE; fixed train subsets: SST-2 10,000 "
+            "rows, MRPC and STS-B 2,000, RTE 1,500); batches padded to their longest row (the models are "
+            "padding-invariant); no MNLI chain (MNLI is not in ../shared); full dev sets",
         ],
         "models": models,
         "goal": goal(models),
