@@ -168,14 +168,6 @@ def escape_batch(evals: list[dict[str, Any]], plateau: dict[str, float]) -> int 
 
 
 # ----------------------------------------------------------------------------- stages
-def set_aside(path: Path) -> None:
-    """An unfinished stage's folder is renamed, never deleted (nothing is lost; the rerun starts clean)."""
-    if path.exists():
-        aside = path.with_name(f"{path.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
-        log.warning("%s is incomplete; moved to %s", path, aside)
-        path.rename(aside)
-
-
 def pretrain(name: str, model: str, args: argparse.Namespace, mds: Path, vocab: Path, root: Path, batches: int,
              lr: float, context_rows: int) -> dict[str, Any]:
     """Pretraining run ``root/name`` of MODELS[model]; a finished run is reused, a killed one resumed."""
@@ -185,7 +177,8 @@ def pretrain(name: str, model: str, args: argparse.Namespace, mds: Path, vocab: 
     run_dir = root / name
     if (run_dir / "summary.json").exists() and (run_dir / "hf" / "config.json").exists():
         log.info("pretraining %s: reusing %s", name, run_dir)
-        return json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads((run_dir / "summary.json").read_text())
+        return {**summary, "run_dir": str(run_dir), "hf_export": str(run_dir / "hf")}  # where it is now
     group, _, recipe = MODELS[model]
     every = max(batches // args.evals, 1)
     overrides = recipe + [
@@ -210,15 +203,14 @@ def finetune(name: str, args: argparse.Namespace, hf_dir: str, work: Path) -> di
     from m2bert.glue.driver import run
 
     run_dir = work / "glue" / name
-    if (run_dir / "results.json").exists():
-        log.info("GLUE %s: reusing %s", name, run_dir)
-        return json.loads((run_dir / "results.json").read_text())
-    set_aside(run_dir)
     overrides = [
         "glue=small", f"start.path={hf_dir}", "start.kind=hf", f"data.source={args.shared / 'data' / 'glue'}",
         f"tasks=[{','.join(TASKS)}]", "chain.enabled=false", "data.pad_to_max_length=false", "save_final=none",
         f"run_root={work / 'glue'}", f"run_name={name}", f"device={args.device}", "console_log_interval=200ba",
     ]
+    if run_dir.exists():  # the driver reuses a finished job only if it started from these very weights
+        log.info("GLUE %s: resuming %s", name, run_dir)
+        overrides.append("resume=true")
     if args.quick:  # one seed, one batch, a slice of each dev set
         overrides += ["train_subset=16", "eval_subset=32", "max_duration=1ba"]
         overrides += [f"glue.{t}.{k}={v}" for t in TASKS for k, v in (("seeds", "[19]"), ("train_subset", 16))]
@@ -249,16 +241,18 @@ def pretrain_then_finetune(args: argparse.Namespace, copies: dict[str, Path], vo
     context = multiprocessing.get_context("spawn")
     summaries: dict[str, Any] = {}
     glue: dict[str, Any] = {}
-    with ProcessPoolExecutor(min(args.parallel, len(MODELS)), mp_context=context, initializer=_limit_threads,
+    with ProcessPoolExecutor(min(args.parallel, len(args.models)), mp_context=context, initializer=_limit_threads,
                              initargs=(1,)) as pool:
         pending = {pool.submit(pretrain, n, n, args, copies[n], vocab, work / "pretrain", args.batches, lrs[n],
-                               args.context_rows): ("pretrain", n) for n in MODELS}
+                               args.context_rows): ("pretrain", n) for n in args.models}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 stage, name = pending.pop(future)
                 if stage == "pretrain":
                     summaries[name] = future.result()
+                    if args.pretrain_only:
+                        continue
                     pending[pool.submit(finetune, name, args, summaries[name]["hf_export"], work)] = ("glue", name)
                 else:
                     glue[name] = future.result()
@@ -491,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--evals", type=int, default=10, help="held-out evaluations during pretraining (and one at start)")
     p.add_argument("--lr", type=float, default=1e-3, help="pretraining learning rate of models not in --lr-probe")
     p.add_argument("--lr-grid", type=float, nargs="*", default=[5e-4, 1e-3, 2e-3], help="learning rates to probe")
+    p.add_argument("--models", nargs="+", default=list(MODELS), help="the models to run (a report needs all)")
+    p.add_argument("--pretrain-only", action="store_true", help="stop after pretraining (no GLUE, no report)")
     p.add_argument("--lr-probe", nargs="*", default=["bert", "m2"], help="models whose lr the probe picks")
     p.add_argument("--lr-probe-batches", type=int, default=150)
     p.add_argument("--warmup", default="0.1dur", help="pretraining warm-up (a Composer time string)")
@@ -510,9 +506,14 @@ def main(argv: list[str] | None = None) -> int:
         stem.with_suffix(".md").write_text(markdown(result))
         plot(result, stem.with_suffix(".png"))
         return 0
-    unknown = [n for n in args.lr_probe if n not in MODELS]
-    if unknown:
-        p.error(f"--lr-probe names unknown model(s) {unknown}; choose from {list(MODELS)}")
+    for option in ("models", "lr_probe"):
+        unknown = [n for n in getattr(args, option) if n not in MODELS]
+        if unknown:
+            p.error(f"--{option.replace('_', '-')} names unknown model(s) {unknown}; choose from {list(MODELS)}")
+    if set(args.lr_probe) - set(args.models):
+        p.error(f"--lr-probe {' '.join(args.lr_probe)} names models outside --models {' '.join(args.models)}")
+    if not args.pretrain_only and sorted(args.models) != sorted(MODELS):
+        p.error(f"--models {' '.join(args.models)} needs --pretrain-only: the report compares all of {list(MODELS)}")
     if args.quick:
         args.batches, args.batch_size, args.evals, args.context_rows = 2, 8, 1, 4
         args.lr_grid, args.lr_probe_batches = args.lr_grid[:1], 1
@@ -520,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     for needed in (vocab, args.shared / "data" / "c4", args.shared / "data" / "wikitext", args.shared / "data" / "glue"):
         if not needed.exists():
             p.error(f"{needed} is missing: --shared must point at the shared data folder (../shared beside the repo)")
-    if stem.with_suffix(".json").exists() and not args.overwrite:
+    if stem.with_suffix(".json").exists() and not args.overwrite and not args.pretrain_only:
         p.error(f"{stem.with_suffix('.json')} holds an earlier study: pass another --out, or --overwrite to replace it")
     reference = None
     if args.reference is not None:
@@ -536,13 +537,16 @@ def main(argv: list[str] | None = None) -> int:
     log.info("corpus: %s; unigram plateau %s", counts, plateau)
 
     copies = {}
-    for name in MODELS:  # streaming keys its shared memory by the local folder: one copy per concurrent reader
+    for name in args.models:  # streaming keys its shared memory by the local folder: one copy per concurrent reader
         copies[name] = work / f"mds_{name}"
         if not (copies[name] / "train" / "index.json").exists():
             shutil.copytree(mds, copies[name], dirs_exist_ok=True)
     probe = lr_probe(args, copies, vocab, work) if args.lr_grid and args.lr_probe else None
-    lrs = {name: (probe["chosen"].get(name, args.lr) if probe else args.lr) for name in MODELS}
+    lrs = {name: (probe["chosen"].get(name, args.lr) if probe else args.lr) for name in args.models}
     summaries, glue = pretrain_then_finetune(args, copies, vocab, work, lrs)
+    if args.pretrain_only:
+        log.info("pretrained %s under %s", ", ".join(summaries), work / "pretrain")
+        return 0
 
     models = {name: model_entry(name, summaries[name], glue[name], args.batch_size, plateau) for name in MODELS}
     result: dict[str, Any] = {

@@ -119,7 +119,9 @@ def test_two_processes_match_one(sample_mds, tmp_path):
 
 
 def test_autoresume_continues_exactly(sample_mds, tmp_path):
-    common = ["max_duration=12ba", "eval_interval=12ba", "save_interval=4ba", "save_num_checkpoints_to_keep=-1"]
+    """Killed after its first checkpoint and resumed: the same weights, and the same evaluation and filter-energy
+    history as an uninterrupted run (the records from before the kill travel in the checkpoint)."""
+    common = ["max_duration=12ba", "eval_interval=4ba", "save_interval=4ba", "save_num_checkpoints_to_keep=-1"]
     _finish(_cli(tiny_pretrain_overrides(sample_mds, tmp_path, "straight") + common))
 
     args = tiny_pretrain_overrides(sample_mds, tmp_path, "resumed") + common + ["autoresume=true"]
@@ -137,6 +139,10 @@ def test_autoresume_continues_exactly(sample_mds, tmp_path):
     a = json.loads((tmp_path / "straight" / "summary.json").read_text())
     b = json.loads((tmp_path / "resumed" / "summary.json").read_text())
     assert a["batches"] == b["batches"] == 12
+    curve = [(r["batch"], round(r["loss"], 5)) for r in a["eval"]]
+    assert [r["batch"] for r in a["eval"]][-3:] == [4, 8, 12], a["eval"]
+    assert [(r["batch"], round(r["loss"], 5)) for r in b["eval"]] == curve
+    assert [r["batch"] for r in b["filter_energy"]] == [r["batch"] for r in a["filter_energy"]] != []
     wa = load_file(tmp_path / "straight" / "hf" / "model.safetensors")
     wb = load_file(tmp_path / "resumed" / "hf" / "model.safetensors")
     for name in wa:

@@ -13,10 +13,16 @@ log = logging.getLogger(__name__)
 class EvalHistory(Callback):
     """Keeps (batch, samples, training seconds, loss, accuracy) of every MLM evaluation, for summaries,
     loss curves (vs tokens and vs wall-clock) and tests. Seconds are Composer's training wall-clock,
-    which excludes evaluation."""
+    which excludes evaluation. The records travel in checkpoints, so a resumed run keeps its whole curve."""
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"records": self.records}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.records = list(state.get("records", []))
 
     def eval_end(self, state: State, logger: Logger) -> None:
         metrics = state.eval_metrics.get("eval", {})
@@ -95,7 +101,8 @@ class FilterEnergy(Callback):
     value at the start of training (``filter_energy/<layer>.<conv>``) and its mean sine frequency
     (``filter_freq/...``): whether the long convolutions stay long. A recipe whose filters decay to ~0 leaves M2
     mixing tokens only through its short convolutions, which the MLM loss does not show (README, "The filters'
-    recipe"). The start values travel in checkpoints, so a resumed run keeps its reference."""
+    recipe"). The start values and the records travel in checkpoints, so a resumed run keeps its reference and
+    its whole curve."""
 
     def __init__(self) -> None:
         self.initial: dict[str, dict[str, float]] | None = None
@@ -106,10 +113,11 @@ class FilterEnergy(Callback):
         self.initial = filter_stats(state.model)  # before Composer wraps the model (FSDP shards it later)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"initial": self.initial}
+        return {"initial": self.initial, "records": self.records}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.initial = state.get("initial") or self.initial
+        self.records = list(state.get("records", []))
 
     def eval_end(self, state: State, logger: Logger) -> None:
         if not self.initial:
