@@ -123,9 +123,6 @@ def markdown(table: list[dict[str, Any]], machine: str, missing: list[str] = ())
 def update_readme(readme: Path, table: list[dict[str, Any]], machine: str) -> None:
     """README.md's speed table, between its markers, from the same rows as speed_cpu.md."""
     text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{readme} has no {README_START} ... {README_END} block: add the two markers where the "
-                         "speed table goes")
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
     block = [README_START, "", f"{setup(table, machine)} (`bench/results/speed_cpu.md`, written by "
@@ -193,6 +190,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in [args.train, *args.forward]:
         if not (results / name).is_file():
             p.error(f"{results / name} not found: run the benchmark that writes it first (see the docstring)")
+    if args.readme:  # checked before any work: the table would have nowhere to go
+        text = Path(args.readme).read_text() if Path(args.readme).is_file() else ""
+        if README_START not in text or README_END not in text:
+            p.error(f"{args.readme} has no {README_START} ... {README_END} block: add the two markers where the "
+                    "speed table goes")
     forward, missing = list(args.forward), []
     if (results / args.modernbert).is_file():
         forward.append(args.modernbert)

@@ -88,9 +88,11 @@ def test_modernbert_rows_goals_and_readme(tmp_path):
     assert row in text and "| fwd 8192 | BERT |" in text
 
 
-def test_readme_without_markers_is_named(tmp_path):
+def test_readme_without_markers_is_named(tmp_path, capsys):
     for name in JSONS:
         shutil.copy(ROOT / "bench" / "results" / name, tmp_path / name)
     (tmp_path / "README.md").write_text("no markers\n")
-    with pytest.raises(SystemExit, match="README.md has no <!-- speed_report: start -->"):
+    with pytest.raises(SystemExit) as exc:
         _report().main(["--results", str(tmp_path), "--readme", str(tmp_path / "README.md")])
+    assert exc.value.code == 2 and "README.md has no <!-- speed_report: start -->" in capsys.readouterr().err
+    assert not (tmp_path / "speed_cpu.md").exists()  # refused before anything was written
