@@ -53,3 +53,22 @@ def test_an_earlier_result_is_not_overwritten(tmp_path, capsys):
         _bench().main(["--shared", str(shared), "--out", str(tmp_path), "--name", "tiny"])
     assert exc.value.code == 2 and "tiny.json exists: pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "tiny.json").read_text() == "{}"
+
+
+def test_bf16_check_and_modernbert_reference(tmp_path):
+    """--bf16-check embeds the bucketed batches in fp32 and under bf16 autocast and reports both speeds and the
+    cosine between them against the 0.999 bound; --reference modernbert embeds the same batches with ModernBERT."""
+    shared = shared_path("data", "wikitext").parents[1]
+    bench = _bench()
+    bench.main(["--shared", str(shared), "--docs", "6", "--max-length", "512", "--batch", "2",
+                "--repeats", "1", "--bf16-check", "--reference", "modernbert", "--reference-preset", "modernbert-tiny",
+                "--out", str(tmp_path), "--name", "tiny"])
+    result = json.loads((tmp_path / "tiny.json").read_text())
+    b = result["bf16"]
+    assert set(b["docs_per_s"]) == {"fp32", "bf16"} and b["bound"] == 0.999
+    assert 0.99 < b["cosine_to_fp32"]["min"] <= b["cosine_to_fp32"]["mean"] <= 1.0 + 1e-6
+    assert b["bf16_default_warranted"] == (b["speedup"] > 1 and b["cosine_to_fp32"]["min"] >= 0.999)
+    ref = result["reference"]
+    assert ref["params"] > 0 and ref["m2_over_modernbert"] == result["docs_per_s"]["bucketed"] / ref["docs_per_s"]
+    md = (tmp_path / "tiny.md").read_text()
+    assert "bf16 autocast vs fp32" in md and "M2 / ModernBERT" in md

@@ -93,9 +93,9 @@ def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
         groups = [{"params": list(model.parameters())}]
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     if cfg.name == "decoupled_adamw":
-        from composer.optim import DecoupledAdamW
+        from m2bert.train.foreach_adamw import ForeachDecoupledAdamW
 
-        return DecoupledAdamW(groups, **kwargs)
+        return ForeachDecoupledAdamW(groups, **kwargs)  # Composer's, its update as foreach ops
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, **kwargs)
     raise ConfigError(f"optimizer.name={cfg.name!r}; choose decoupled_adamw or adamw")

@@ -1,0 +1,44 @@
+"""bench/throughput.py against ModernBERT in its quick mode: both models build at tiny size and run side by side in
+fp32 and under bf16 autocast, each model's best setting is named, the ratio is M2's tokens/s over ModernBERT's,
+and beyond ModernBERT's positions M2 runs alone (the row says so). Speed itself is measured by the benchmark."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_throughput", ROOT / "bench" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_modernbert_side_by_side_and_m2_alone_beyond_its_positions(tmp_path, capsys):
+    out = tmp_path / "mb.json"
+    _bench().main(["--quick", "--reference", "modernbert", "--precision", "best", "--lengths", "256", "640",
+                   "--threads", "1", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["reference"] == "modernbert" and "ModernBertForMaskedLM (modernbert-tiny" in result["modernbert"]
+    assert result["settings"] == ["eager", "eager_bf16"] and result["params"]["modernbert"] > 0
+    both, alone = result["lengths"]["256"], result["lengths"]["640"]
+    for side in ("m2", "modernbert"):
+        assert both[f"{side}_best"] in ("eager", "eager_bf16")
+        best = max(both[f"{side}_eager_tok_per_ms"], both[f"{side}_eager_bf16_tok_per_ms"])
+        assert both[f"{side}_tok_per_s"] == pytest.approx(best * 1e3, abs=0.1)
+    assert both["ratio"] == round(both["m2_tok_per_ms"] / both["modernbert_tok_per_ms"], 3)
+    assert "ratio" not in alone and alone["modernbert"] == "not run: modernbert takes at most 512 positions"
+    assert alone["m2_settings_tried"] == [both["m2_best"]] and alone["m2_tok_per_s"] > 0
+    assert json.loads(capsys.readouterr().out)["lengths"]["256"]["ratio"] == both["ratio"]
+
+
+def test_peak_rss_is_measured_in_a_fresh_process():
+    bench = _bench()
+    args = bench.parse_args(["--quick", "--reference", "modernbert", "--threads", "1"])
+    rss = bench.peak_rss_child(args, "m2", 256, "eager_bf16", embed=True)
+    assert rss is not None and 50 < rss < 8000  # MB: a Python with torch, a tiny model and one call
