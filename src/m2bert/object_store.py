@@ -45,12 +45,13 @@ def split_url(url: str) -> tuple[str, str]:
 
 def client() -> Any:
     """A boto3 S3 client of the configured endpoint, with short timeouts and retries."""
-    import boto3
+    import boto3.session
     from botocore.config import Config
 
     config = Config(connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
                     retries={"max_attempts": ATTEMPTS, "mode": "standard"})
-    return boto3.client("s3", endpoint_url=os.environ.get("S3_ENDPOINT_URL") or None, config=config)
+    # A fresh session reads the environment now (boto3's default session keeps the credentials it first found).
+    return boto3.session.Session().client("s3", endpoint_url=os.environ.get("S3_ENDPOINT_URL") or None, config=config)
 
 
 def _one_line(url: str, key: str, e: BaseException) -> ConfigError:
