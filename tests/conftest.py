@@ -1,6 +1,7 @@
 """Shared fixtures. Tests that need ../shared skip with a clear reason when it is absent."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,72 @@ def hold_lock(folder: Path):
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder / "run.lock")], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
     return proc
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3-compatible server (moto's, in a thread of this process) on 127.0.0.1 with one bucket: what the
+    object-store tests read and write. It stops when the session ends (and with the process, whatever happens);
+    the tests reach nothing else. Skips only if moto cannot start."""
+    try:
+        import boto3
+        from moto import settings as moto_settings
+        from moto.server import ThreadedMotoServer
+    except ImportError as e:
+        pytest.skip(f"the loopback S3 server needs moto[server] and boto3 ({e}); pip install -r requirements.txt")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    try:
+        server.start()
+    except OSError as e:
+        pytest.skip(f"moto's S3 server cannot start on 127.0.0.1 ({e})")
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    setup = {"endpoint_url": endpoint, "aws_access_key_id": "setup", "aws_secret_access_key": "setup",
+             "region_name": "us-east-1"}
+    bucket = "m2bert-test"
+    boto3.client("s3", **setup).create_bucket(Bucket=bucket)
+    # Credentials are checked (as a real store does), so a test can see wrong ones refused: an IAM user with
+    # every right, created before moto starts enforcing authentication.
+    iam = boto3.client("iam", **setup)
+    iam.create_user(UserName="m2bert")
+    iam.put_user_policy(UserName="m2bert", PolicyName="all", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="m2bert")["AccessKey"]
+    enforced = moto_settings.INITIAL_NO_AUTH_ACTION_COUNT
+    moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+    env = {"S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+           "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"], "AWS_DEFAULT_REGION": "us-east-1"}
+    yield {"env": env, "bucket": bucket, "endpoint": endpoint}
+    moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = enforced
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(s3_server):
+    """``s3_server`` with its endpoint and credentials in the environment (this module's tests and their
+    subprocesses), the way boto3, streaming (``S3_ENDPOINT_URL``) and Composer's S3ObjectStore read them; the
+    machine's own AWS settings are hidden so nothing else is reached."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+            mp.delenv(key, raising=False)
+        mp.setenv("AWS_CONFIG_FILE", "/dev/null")
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        for key, value in s3_server["env"].items():
+            mp.setenv(key, value)
+        yield s3_server
+
+
+def s3_client():
+    """A boto3 client of the server named in the environment (the ``s3`` fixture's)."""
+    import os
+
+    import boto3
+
+    return boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT_URL"])
+
+
+def s3_keys(prefix: str) -> list[str]:
+    """Every key under ``s3://<bucket>/<prefix>`` (``prefix`` starts with the bucket)."""
+    bucket, _, key = prefix.partition("/")
+    pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))

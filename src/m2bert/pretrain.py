@@ -29,14 +29,21 @@ register_resolvers()
 
 def check_data(cfg: DictConfig) -> None:
     """Fail before any heavy work when the shards are not where the config says, or (local data)
-    do not match their index.json: missing, truncated, corrupt offsets, wrong hash with validate_hash."""
-    from m2bert.data.mlm import locate_index
-    from m2bert.data.shards import check_shards
+    do not match their index.json: missing, truncated, corrupt offsets, wrong hash with validate_hash. Data in an
+    object store: one line naming the URL when the store cannot be listed (wrong bucket or credentials, store
+    down), and every listed shard must be there with its size (hashes are checked as shards download)."""
+    from m2bert import object_store
+    from m2bert.data.mlm import locate_index, split_dir
+    from m2bert.data.shards import check_remote_shards, check_shards
 
     for split in (cfg.train_split, cfg.eval_split):
+        url = split_dir(cfg.remote, split) if object_store.is_remote(cfg.remote or "") else None
+        listing = object_store.list_objects(url, "data.remote") if url else None  # bounded time, one line
         index = locate_index(cfg.local, cfg.remote, split)  # raises FileNotFoundError naming the path
         if cfg.remote is None:
             check_shards(index.parent, cfg.validate_hash)  # raises ShardError naming the shard
+        elif url is not None and listing is not None:
+            check_remote_shards(index, listing, url)
 
 
 def run_folder(cfg: DictConfig, run_name: str | None = None) -> RunFolder:
@@ -95,7 +102,9 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
     # What Composer would read: the newest checkpoint when resuming (it takes precedence, as in Composer's
     # autoresume), else load_path; rank 0's, which Composer's non-sharded load reads on every node.
     load_path = cfg.load_path and format_name_with_dist(cfg.load_path, run_name)
-    source = runs.from_rank_zero(os.path.realpath(resume_from) if resume_from else load_path or None, device)
+    if resume_from is not None and not isinstance(resume_from, str):
+        resume_from = os.path.realpath(resume_from)  # a local ``latest`` link: the file it points at
+    source = runs.from_rank_zero(resume_from or load_path or None, device)
     with ExitStack() as loading:  # holds the private verified copy until the Trainer has loaded it
         verified = None
         if source is not None and cfg.trust_checkpoint:

@@ -31,7 +31,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from m2bert import cli_help
+from m2bert import cli_help, object_store
+from m2bert.object_store import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,6 @@ class ConvertStats:
 
 
 # ----------------------------------------------------------------------------- reading
-def is_remote(path: str) -> bool:
-    """``s3://``, ``gs://``, ``oci://``, … (anything ``streaming`` uploads to) vs. a local path."""
-    return "://" in path and not path.startswith("file://")
-
-
 def find_local_files(source: str | os.PathLike[str]) -> dict[str, list[Path]]:
     """Map source split → sorted C4 files under ``source`` (a file or a directory).
 
@@ -253,8 +249,8 @@ def verify_index(folder: Path, expected_rows: int) -> int:
 
 
 def _split_is_nonempty(out_root: str, split: str) -> bool:
-    if is_remote(out_root):
-        return False  # MDSWriter itself refuses a non-empty remote folder
+    if is_remote(out_root):  # also the reachability check: a wrong bucket or credentials stop here, in one line
+        return bool(object_store.list_objects(object_store.join(out_root, split), "--out-root"))
     p = Path(out_root).expanduser() / split
     return p.exists() and (not p.is_dir() or any(p.iterdir()))
 
@@ -318,7 +314,8 @@ def convert(
         raise ValueError(f"--concat-tokens must be >= 2, got {concat_tokens}")
     for s in splits:
         if _split_is_nonempty(out_root, s) and not force:
-            raise FileExistsError(f"{Path(out_root) / s} exists and is not empty; pass --force to overwrite it")
+            shown = object_store.join(out_root, s) if is_remote(out_root) else Path(out_root) / s
+            raise FileExistsError(f"{shown} exists and is not empty; pass --force to overwrite it")
 
     use_hf = source in (HF_DATASET, "c4", f"{HF_DATASET}:{HF_CONFIG}")
     local_files = None if use_hf else find_local_files(source)
@@ -366,11 +363,11 @@ def convert(
             lines = (x for f in files for x in _iter_file_lines(f))
 
         stats = ConvertStats(split=split)
-        if remote:
+        if remote:  # converted locally, uploaded once verified (see the upload below)
             tmp_parent = Path(tempfile.mkdtemp(prefix="m2bert-c4-"))
             tmp = tmp_parent / split
-            final_remote = out_root.rstrip("/") + "/" + split
-            out: Any = (str(tmp), final_remote)
+            final_remote = object_store.join(out_root, split)
+            out: Any = str(tmp)
         else:
             root = Path(out_root).expanduser()
             root.mkdir(parents=True, exist_ok=True)
@@ -432,6 +429,12 @@ def convert(
             stats.shards = verify_index(tmp, stats.rows)
             stats.seconds = time.perf_counter() - t0
             if remote:
+                # index.json goes up last, after every shard it lists: a reader never sees a listed shard missing.
+                # (MDSWriter's own (local, remote) form uploads the index once its queue is empty, which can be
+                # while the last shard's upload is still in flight.)
+                if force:  # the old index goes first: meanwhile readers find no dataset, never a mix of two
+                    object_store.delete(final_remote, ["index.json"], "--out-root")
+                object_store.upload_folder(tmp, final_remote, "--out-root", last="index.json")
                 stats.path = final_remote
             else:
                 final = Path(out_root).expanduser() / split

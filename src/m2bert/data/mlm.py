@@ -44,7 +44,7 @@ class ShardFormat:
     index_path: str
 
 
-def _split_dir(root: str, split: str | None) -> str:
+def split_dir(root: str, split: str | None) -> str:
     if split is None:
         return root
     return root.rstrip("/") + "/" + split if "://" in root else os.path.join(root, split)
@@ -55,7 +55,7 @@ def locate_index(local: str, remote: str | None, split: str | None) -> Path:
 
     Fails before any StreamingDataset is built, with the missing path in the message.
     """
-    local_dir = Path(_split_dir(os.path.expanduser(local), split))
+    local_dir = Path(split_dir(os.path.expanduser(local), split))
     if remote is None:
         idx = local_dir / "index.json"
         if not local_dir.exists():
@@ -65,7 +65,7 @@ def locate_index(local: str, remote: str | None, split: str | None) -> Path:
             raise FileNotFoundError(f"{idx} is missing: {local_dir} is not a (complete) MDS dataset; convert it with "
                                     f"m2bert-convert-c4 --out-root {local} --force")
         return idx
-    remote_idx = _split_dir(remote, split).rstrip("/") + "/index.json"
+    remote_idx = split_dir(remote, split).rstrip("/") + "/index.json"
     if "://" not in remote:  # a local folder used as the "remote"
         if not Path(remote_idx).is_file():
             raise FileNotFoundError(f"remote index {remote_idx} does not exist")
@@ -137,7 +137,7 @@ class MLMStreamingDataset(StreamingDataset):
                  tokenizer: PreTrainedTokenizerBase, max_seq_len: int = 128, remask_each_epoch: bool = True,
                  validate_hash: str | None = AUTO_HASH, **kwargs: Any) -> None:
         index_path = locate_index(local, remote, split)
-        shards = _check_index(index_path, Path(_split_dir(os.path.expanduser(local), split)), remote)
+        shards = _check_index(index_path, Path(split_dir(os.path.expanduser(local), split)), remote)
         self.shard_format = detect_format(index_path)
         if self.shard_format.mode == "tokens" and self.shard_format.row_len not in (None, max_seq_len):
             raise ValueError(f"{self.shard_format.index_path}: rows are {self.shard_format.row_len} tokens, but "
@@ -159,7 +159,7 @@ class MLMStreamingDataset(StreamingDataset):
         self._m2_epoch = 0
         self.remask_each_epoch = remask_each_epoch
         self._m2_error: BaseException | None = None
-        self._m2_where = _split_dir(local, split)
+        self._m2_where = split_dir(local, split)
 
     def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
         # Name the shard in any reader error (zstd, checksum, missing file), here or in a thread.
@@ -352,7 +352,7 @@ def build_mlm_dataloader(*, local: str, remote: str | None, split: str, tokenize
                                 shuffle=shuffle, seed=seed, batch_size=batch_size, remask_each_epoch=remask_each_epoch,
                                 **dataset_kwargs)
     collator = MLMCollator(tokenizer, mlm_probability=mlm_probability, seed=seed)
-    log.info("MLM stream %s (%s rows, %s mode), batch %d, mlm_probability %.2f", _split_dir(local, split),
+    log.info("MLM stream %s (%s rows, %s mode), batch %d, mlm_probability %.2f", split_dir(local, split),
              dataset.size, dataset.shard_format.mode, batch_size, mlm_probability)
     return StreamingDataLoader(dataset, batch_size=batch_size, collate_fn=collator, num_workers=num_workers,
                                drop_last=drop_last, persistent_workers=num_workers > 0, pin_memory=False)

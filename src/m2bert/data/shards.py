@@ -195,3 +195,21 @@ def shard_file(dataset: Any, shard_id: int) -> str:
         return str(folder / raw_info.basename)
     except (AttributeError, IndexError, KeyError, TypeError):
         return f"shard {shard_id}"
+
+
+def check_remote_shards(index_path: str | Path, listing: dict[str, dict[str, Any]], url: str) -> int:
+    """A remote split's start-up check, from one listing of the store: every shard ``index.json`` lists is there
+    in the form streaming downloads (compressed when listed so) with the listed size; the hash is checked as each
+    shard downloads (``validate_hash``). Returns the number of samples."""
+    total = 0
+    for shard in read_index(Path(index_path)):
+        info = shard.get("zip_data") or shard["raw_data"]
+        found = listing.get(info["basename"])
+        where = url.rstrip("/") + "/" + info["basename"]
+        if found is None:
+            raise ShardError(f"{where} is missing (listed in its index.json); {RECONVERT}")
+        if found["size"] != int(info["bytes"]):
+            raise ShardError(f"{where}: {found['size']} bytes in the store, index.json says {info['bytes']} "
+                             f"(truncated or replaced); {RECONVERT}")
+        total += int(shard["samples"])
+    return total

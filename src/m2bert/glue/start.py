@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from transformers import BertConfig, PretrainedConfig
 
+from m2bert import object_store
 from m2bert.config import M2BertConfig, check_sizes
 from m2bert.glue.schema import StartConfig
 from m2bert.options import ConfigError
@@ -227,6 +228,13 @@ def resolve_start(kind: str, path: str, config: str | None = None, tokenizer: st
     if not path:
         raise ConfigError("start.path is not set: give an HF directory, a Composer checkpoint or an original checkpoint")
     path = os.path.expanduser(str(path))
+    if object_store.is_remote(path):
+        if kind != "hf":
+            raise ConfigError(f"start.path={path}: only start.kind=hf reads from an object store; download the "
+                              f"{kind} checkpoint and give its local path")
+        # Downloaded once into the cache (reused while the store lists the same files), then read like a local
+        # folder: safetensors or the weights-only loader, never code from the folder.
+        path = str(object_store.cached_folder(path, "start.path"))
     if kind == "hf":
         if not os.path.isdir(path):
             raise ConfigError(f"start: Hugging Face directory {path} does not exist")

@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from omegaconf import OmegaConf
 
+from m2bert import object_store
 from m2bert.options import ConfigError
 
 log = logging.getLogger(__name__)
@@ -100,12 +101,15 @@ def _checkpoint_pattern(rank: int | str = r"\d+") -> re.Pattern[str]:
 
 
 def existing_checkpoints(save_folder: str | os.PathLike[str]) -> list[str]:
-    """Names of Composer checkpoints (and ``latest`` links) in ``save_folder``."""
-    folder = Path(save_folder)
-    if not folder.is_dir():
-        return []
+    """Names of Composer checkpoints (and ``latest`` links) in ``save_folder``, a folder or an object-store URL
+    (where one line names the URL when the store cannot be listed)."""
     pattern = _checkpoint_pattern()
-    return sorted(p.name for p in folder.iterdir() if pattern.match(p.name) or p.name.startswith("latest-rank"))
+    if object_store.is_remote(save_folder):
+        names: list[str] = list(object_store.list_objects(str(save_folder), "save_folder"))
+    else:
+        folder = Path(save_folder)
+        names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    return sorted(n for n in names if pattern.match(n) or n.startswith("latest-rank"))
 
 
 def guard_save_folder(save_folder: str, autoresume: bool, overwrite: bool) -> None:
@@ -142,6 +146,9 @@ def remove_checkpoints(save_folder: str) -> None:
     found = existing_checkpoints(save_folder)
     if found:
         log.warning("overwrite=true: deleting the earlier run's checkpoints in %s (%s)", save_folder, ", ".join(found))
+    if object_store.is_remote(save_folder):
+        object_store.delete(save_folder, found, "save_folder")
+        return
     for name in found:
         os.unlink(os.path.join(save_folder, name))
 
@@ -163,13 +170,24 @@ def _set_aside(path: Path) -> Path:
     return target
 
 
-def prepare_autoresume(save_folder: str | os.PathLike[str], rank: int = 0) -> Path | None:
+def newest_remote_checkpoint(save_folder: str, rank: int = 0) -> str | None:
+    """The URL of the newest ``ep*-ba*-rank{rank}.pt`` in an object-store ``save_folder`` (None: a fresh run). An
+    object appears only once its upload completed, so there is no partial file to set aside."""
+    pattern = _checkpoint_pattern(rank)
+    found = [(int(m.group(2)), int(m.group(1)), name) for name in existing_checkpoints(save_folder)
+             if (m := pattern.match(name))]
+    return object_store.join(save_folder, max(found)[2]) if found else None
+
+
+def prepare_autoresume(save_folder: str | os.PathLike[str], rank: int = 0) -> Path | str | None:
     """Make ``latest-rank{rank}.pt`` point at the newest complete checkpoint; return it (None: a fresh run).
 
     Partial checkpoints (a save killed midway) are renamed ``<name>.partial-<n>`` with a warning, never
     deleted. A ``latest`` link to a missing or partial file is repointed to the newest complete
     checkpoint, or, if there is none, refused with one line rather than silently restarting from zero.
     """
+    if object_store.is_remote(save_folder):
+        return newest_remote_checkpoint(str(save_folder), rank)
     folder = Path(save_folder)
     latest = folder / f"latest-rank{rank}.pt"
     if not folder.is_dir():
