@@ -325,7 +325,8 @@ def model_entry(name: str, summary: dict[str, Any], glue: dict[str, Any], batch_
         "glue_metrics": {t: {m: round(s["mean"], 2) for m, s in glue["tasks"][t]["metrics"].items()}
                          for t in TASKS if t in glue["tasks"]},
         "glue_average": round(glue["glue_average"], 2) if glue["glue_average"] is not None else None,
-        "finetune_seconds": glue.get("time_s"),
+        # summed over its jobs: a resumed GLUE run's own time_s counts only what that invocation ran
+        "finetune_seconds": round(sum(job.get("time_s", 0.0) for job in glue.get("jobs", [])), 1),
     }
 
 
@@ -378,7 +379,10 @@ def markdown(result: dict[str, Any]) -> str:
         "", f"Command: `{result['command']}`", "",
         f"Budget: {result['budget']['pretrain_batches']} pretraining batches of {result['budget']['batch_size']}×{SEQ_LEN} "
         f"tokens per model; whole study {fmt(result['budget']['study_seconds'] / 60)} min wall-clock"
-        + (" (this invocation; earlier stages reused from --work)" if result["budget"].get("resumed") else "") + ".",
+        + (" (this invocation; earlier stages reused from --work)" if result["budget"].get("resumed") else "")
+        + "; per model, pretraining / GLUE wall-clock (min): "
+        + ", ".join(f"{k} {fmt((m.get('pretrain_wall_seconds') or 0) / 60)} / {fmt((m.get('finetune_seconds') or 0) / 60)}"
+                    for k, m in models.items()) + ".",
         "", "| | " + " | ".join(LABELS.get(k, k) for k in keys) + " |", "|---|" + "---:|" * len(keys),
         row("preset", get("preset")),
         "| recipe | " + " | ".join("<br>".join(f"`{r}`" for r in models[k].get("recipe", [])) or "–" for k in keys) + " |",
