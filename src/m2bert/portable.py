@@ -85,6 +85,7 @@ def seq_mixer_fits(seqlen: int) -> bool:
 
 kernel_switch = sys.modules[__name__]
 '''
+ENTRY = "modeling_m2bert.py"  # the module transformers loads first (auto_map), and the files it copies with it
 ALLOWED_PACKAGES = frozenset({"torch", "transformers"})  # besides the standard library
 AUTO_MAP = {
     "AutoConfig": "configuration_m2bert.M2BertConfig",
@@ -189,6 +190,18 @@ def _version() -> str:
     return __version__
 
 
+def _import_every_file(files: dict[str, str]) -> str:
+    """Lines that make the entry module import every file it does not import itself: from a local folder
+    transformers copies only the files the entry module imports, not what those import (from the Hub it follows
+    them), and the import then fails on the first file left behind."""
+    direct = {f"{node.module}.py" for node in ast.walk(ast.parse(files[ENTRY]))
+              if isinstance(node, ast.ImportFrom) and node.level == 1}
+    missing = sorted(set(files) - direct - {ENTRY})
+    lines = [f"from .{name[:-3]} import __name__ as _{name[:-3]}  # noqa: E402, F401" for name in missing]
+    return "\n# transformers copies a local folder's files only when this module imports them itself:\n" + \
+        "\n".join(lines) + "\n" if lines else ""
+
+
 def portable_files() -> dict[str, str]:
     """File name → text of the portable code; checked to import only each other, torch, transformers and the
     standard library, and never to call a function it left out."""
@@ -197,6 +210,7 @@ def portable_files() -> dict[str, str]:
     for module, name in MODULES.items():
         files[f"{name}.py"], left_out = portable_source(module)
         dropped.update((fn, module) for fn in left_out)
+    files[ENTRY] += _import_every_file(files)
     for name, text in files.items():
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.ImportFrom) and node.level:
