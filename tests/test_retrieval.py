@@ -130,6 +130,9 @@ def test_finetune_through_the_cli_beats_the_untrained_model(tiny_hf, small_set, 
     assert after["ndcg@10"] > before["ndcg@10"] + 0.05 and after["mrr@10"] > before["mrr@10"]
     assert after["recall@10"] > before["recall@10"]
     assert results["precision"] == "fp32" and results["recipe"]["max_seq_length"] == 128
+    docs = results["truncation"]["documents"]                  # documents up to ~2k tokens, cut at 128: said so
+    assert docs["texts"] == 70 and 0 < docs["cut"] < 70 and docs["max_tokens"] > 1000 and 0 < docs["tokens_dropped"] < 1
+    assert json.loads((runs / "tiny" / "start" / "tokenizer_config.json").read_text())["model_max_length"] == 128
 
     model = SentenceTransformer(str(runs / "tiny" / "model"), device="cpu", local_files_only=True)
     assert model.encode(["a query"]).shape == (1, 64)
@@ -217,3 +220,19 @@ def test_run_name_and_lock_keep_runs_apart(tiny_hf, small_set, tmp_path, monkeyp
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+
+
+def test_truncation_is_counted_and_logged_once(caplog) -> None:
+    from m2bert.data.tokenizer import load_tokenizer
+    from m2bert.embeddings.retrieval import report_truncation
+
+    tok = load_tokenizer(shared_path("data", "bert-base-uncased", "vocab.txt"))
+    texts = {"documents": ["short one", " ".join(["lobster"] * 38), " ".join(["lobster"] * 98)], "queries": ["a b"]}
+    with caplog.at_level("WARNING", logger="m2bert.retrieval"):
+        stats = report_truncation(tok, texts, max_seq_length=20, limit=128)
+    assert stats["documents"] == {"texts": 3, "cut": 2, "max_seq_length": 20, "median_tokens": 40,
+                                  "median_tokens_cut": 70.0, "max_tokens": 100, "tokens_dropped": 0.6944}
+    assert stats["queries"]["cut"] == 0
+    assert caplog.messages == ["2 of 3 documents longer than 20 tokens were cut (their median 70 tokens, max 100; 69% "
+                               "of the documents' tokens dropped); raise retrieval.max_seq_length (up to 128, this "
+                               "model's length) to keep them"]

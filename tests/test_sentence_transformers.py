@@ -75,6 +75,9 @@ def test_export_loads_without_remote_code_and_is_batch_independent(tmp_path, tok
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "m2_bert" and "auto_map" not in config
     assert not list(out.rglob("*.py"))                        # no code travels with the export
+    card = (out / "README.md").read_text()                     # our card: how to load it, with and without m2bert
+    assert "import m2bert" in card and "m2bert-make-portable" in card and f"{pooling} pooling" in card
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 128
     assert not [p.name for p in tmp_path.iterdir() if ".partial-" in p.name]
 
     st = SentenceTransformer(str(out), device="cpu", trust_remote_code=False, local_files_only=True)
@@ -102,6 +105,7 @@ def test_load_from_hf_dir_glue_final_and_model_object(tmp_path, tokenizer) -> No
     out = export_sentence_transformer(model, tmp_path / "st", tokenizer=tokenizer, max_seq_length=64)
     again = load_sentence_transformer(out, device="cpu")
     assert again.max_seq_length == 64
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 64
     short = [t for t in TEXTS if len(tokenizer(t)["input_ids"]) <= 64]
     assert (again.encode(short, convert_to_tensor=True) - _reference(
         tmp_path / "hf-mean-M2BertForMaskedLM", tokenizer, short, "mean", False)).abs().max().item() < 1e-5

@@ -31,6 +31,12 @@ SIZE_LIMITS: dict[str, int] = {
 }
 
 
+def max_input_length(config: PretrainedConfig) -> int:
+    """The longest input a model takes: its position table's length, and for M2 its filters' too, whichever is
+    shorter (the tokenizer saved with it truncates there)."""
+    return min(getattr(config, "long_conv_l_max", config.max_position_embeddings), config.max_position_embeddings)
+
+
 def check_sizes(fields: Mapping[str, Any]) -> None:
     """ValueError naming the first size field (of ``SIZE_LIMITS``) that is not a positive integer within its limit."""
     for name, limit in SIZE_LIMITS.items():
@@ -212,10 +218,14 @@ class M2BertConfig(PretrainedConfig):
                     )
 
     def to_dict(self) -> dict[str, Any]:
-        """The model's semantics, as ``save_pretrained`` writes them: without the run's switches (RUN_FIELDS)."""
+        """The model's semantics, as ``save_pretrained`` writes them: without the run's switches (RUN_FIELDS), and
+        without the ``auto_map`` a config read from a portable export carries (``m2bert.portable``): a save of ours
+        holds no code for it to point at. (transformers' remote-code copy of this class keeps it: it writes the code.)"""
         d = super().to_dict()
         for key in RUN_FIELDS:
             d.pop(key, None)
+        if getattr(self, "_auto_class", None) is None:
+            d.pop("auto_map", None)
         return d
 
     @classmethod

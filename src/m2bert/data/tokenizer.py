@@ -68,6 +68,18 @@ def load_tokenizer(name_or_dir: str | os.PathLike[str]) -> PreTrainedTokenizerBa
         ) from exc
 
 
+def set_model_max_length(folder: str | os.PathLike[str], length: int) -> None:
+    """Write ``length`` (the model's longest input) as ``model_max_length`` into the tokenizer saved in ``folder``.
+
+    Why: a tokenizer made from a vocab.txt (or bert-base-uncased's own) says 1e30, so ``truncation=True`` passes
+    inputs the model saved beside it then refuses. Edits the saved file, not a tokenizer object: callers share
+    theirs (GLUE caches one per path)."""
+    path = Path(folder) / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["model_max_length"] = int(length)
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def iter_corpus_texts(files: Sequence[str | os.PathLike[str]]) -> Iterator[str]:
     """Texts of a corpus: the ``text`` field of JSON-lines files (C4 layout), else plain-text lines."""
     for f in files:

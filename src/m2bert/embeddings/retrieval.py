@@ -73,8 +73,9 @@ def start_model_dir(cfg: DictConfig, run_dir: Path) -> Path:
     import torch
 
     from m2bert import M2BertModel
-    from m2bert.data.tokenizer import load_tokenizer
-    from m2bert.glue.start import is_m2, max_length, resolve_start
+    from m2bert.data.tokenizer import load_tokenizer, set_model_max_length
+    from m2bert.config import max_input_length
+    from m2bert.glue.start import is_m2, resolve_start
     from m2bert.train.checkpoint_safety import check_shapes
 
     start = resolve_start(str(cfg.start.kind), cfg.start.path, cfg.start.config, cfg.start.tokenizer,
@@ -82,7 +83,7 @@ def start_model_dir(cfg: DictConfig, run_dir: Path) -> Path:
     if not is_m2(start.config):
         raise ConfigError(f"start: {start.path} is a {start.config.model_type} model; m2bert-retrieval fine-tunes "
                           "M2-BERT")
-    limit = max_length(start.config)
+    limit = max_input_length(start.config)
     if cfg.retrieval.max_seq_length > limit:
         raise ConfigError(f"retrieval.max_seq_length={cfg.retrieval.max_seq_length} exceeds what {start.path} takes "
                           f"({limit} tokens: max_position_embeddings / long_conv_l_max); set "
@@ -104,6 +105,7 @@ def start_model_dir(cfg: DictConfig, run_dir: Path) -> Path:
     with atomic_directory(out) as tmp:
         model.to(torch.float32).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        set_model_max_length(tmp, limit)
     return out
 
 
@@ -122,6 +124,37 @@ def load_data(cfg: DictConfig) -> tuple[list[tuple[str, str]], dict[str, str], d
     queries = {q: rs.queries[q] for q in eval_ids}
     relevant = {q: {rs.test_qrels[q]} for q in eval_ids}
     return pairs, queries, rs.corpus, relevant
+
+
+def truncation(tokenizer: Any, texts: list[str], max_seq_length: int) -> dict[str, Any]:
+    """How many of ``texts`` are longer than ``max_seq_length`` tokens (special tokens included, as the model sees
+    them), so sentence-transformers cuts them, and by how much: the cut texts' median and longest length, and the
+    share of all their tokens that never reach the model."""
+    import statistics
+
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True, truncation=False,
+                                             verbose=False)["input_ids"]]
+    cut = sorted(n for n in lengths if n > max_seq_length)
+    total = sum(lengths)
+    return {"texts": len(lengths), "cut": len(cut), "max_seq_length": max_seq_length,
+            "median_tokens": statistics.median(lengths) if lengths else None,
+            "median_tokens_cut": statistics.median(cut) if cut else None, "max_tokens": max(lengths, default=None),
+            "tokens_dropped": round(sum(n - max_seq_length for n in cut) / total, 4) if total else 0.0}
+
+
+def report_truncation(tokenizer: Any, texts: dict[str, list[str]], max_seq_length: int, limit: int) -> dict[str, Any]:
+    """:func:`truncation` of each kind of text (documents, queries), logged once per kind that is cut: silent
+    truncation of long documents is the first thing a retrieval score hides."""
+    stats = {kind: truncation(tokenizer, items, max_seq_length) for kind, items in texts.items()}
+    fix = (f"raise retrieval.max_seq_length (up to {limit}, this model's length) to keep them" if max_seq_length < limit
+           else f"this model takes at most {limit}: start from one pretrained longer to keep them "
+                "(e.g. model=m2_bert_base_80m_2k)")
+    for kind, stat in stats.items():
+        if stat["cut"]:
+            log.warning("%d of %d %s longer than %d tokens were cut (their median %g tokens, max %d; %.0f%% of the "
+                        "%s' tokens dropped); %s", stat["cut"], stat["texts"], kind, max_seq_length,
+                        stat["median_tokens_cut"], stat["max_tokens"], 100 * stat["tokens_dropped"], kind, fix)
+    return stats
 
 
 def evaluate(model: Any, queries: dict[str, str], corpus: dict[str, str], relevant: dict[str, set[str]],
@@ -181,6 +214,7 @@ def finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
     from transformers import set_seed
 
+    from m2bert.config import max_input_length
     from m2bert.embeddings.schema import forget_generated_run_name
     from m2bert.embeddings.sentence_transformers import build_sentence_transformer, save_sentence_transformer
 
@@ -190,6 +224,10 @@ def finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     set_seed(cfg.seed)
     model = build_sentence_transformer(start_dir, max_seq_length=r.max_seq_length, pooling=None if r.pooling is None else str(r.pooling),
                                        normalize=r.normalize, device=device)
+    train_queries = list(dict.fromkeys(q for q, _ in pairs))
+    cut = report_truncation(model.tokenizer, {"documents": list(corpus.values()),
+                                              "queries": train_queries + list(queries.values())},
+                            r.max_seq_length, max_input_length(model[0].auto_model.config))
     before = evaluate(model, queries, corpus, relevant, r.eval_batch_size) if cfg.eval_before else None
     if before:
         log.info("before: nDCG@10 %.4f  MRR@10 %.4f  recall@10 %.4f", before["ndcg@10"], before["mrr@10"],
@@ -229,6 +267,7 @@ def finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "precision": "bf16" if bf16 else "fp32",
         "data": {"folder": str(cfg.data.folder), "train_pairs": len(pairs), "eval_queries": len(queries),
                  "corpus": len(corpus)},
+        "truncation": cut,
         "train": {"steps": int(output.global_step), "loss": float(output.training_loss), "seconds": round(seconds, 2)},
         "before": before, "after": after, "model": str(export),
     }

@@ -2,9 +2,10 @@
 
 The export is ST's standard layout (``modules.json``; ``sentence_bert_config.json`` with ``max_seq_length``;
 the encoder's ``config.json`` + safetensors + tokenizer in the root; ``1_Pooling`` with the config's
-``pooling``, ``cls`` or ``mean``; ``2_Normalize`` when ``normalize_embeddings``). The encoder is our
-``M2BertModel``, which ``import m2bert`` registers with ``AutoModel``, so loading needs no
-``trust_remote_code`` (and the export holds no code).
+``pooling``, ``cls`` or ``mean``; ``2_Normalize`` when ``normalize_embeddings``; our model card in README.md). The
+encoder is our ``M2BertModel``, which ``import m2bert`` registers with ``AutoModel``, so loading needs no
+``trust_remote_code`` (and the export holds no code). ``portable=True`` adds the model's code for people without
+m2bert, who load it with ``trust_remote_code=True`` (:mod:`m2bert.portable`).
 
 Why this works without padding every input to the maximum length (the original does, because padding leaks
 into its real tokens): our models are padding-invariant (``padding_invariant=True``), so ST's length-sorted,
@@ -77,13 +78,15 @@ def build_sentence_transformer(hf_dir: str | os.PathLike[str], *, max_seq_length
 
 def export_sentence_transformer(source: str | os.PathLike[str] | PreTrainedModel, out_dir: str | os.PathLike[str], *,
                                 tokenizer: PreTrainedTokenizerBase | None = None, max_seq_length: int | None = None,
-                                pooling: str | None = None, normalize: bool | None = None) -> Path:
+                                pooling: str | None = None, normalize: bool | None = None,
+                                portable: bool = False) -> Path:
     """Write a sentence-transformers directory for ``source`` (our HF directory, or a model object with its
-    ``tokenizer``) to ``out_dir``, atomically. Returns ``out_dir``."""
+    ``tokenizer``) to ``out_dir``, atomically. Returns ``out_dir``. ``portable``: with the model's code
+    (``save_sentence_transformer``)."""
     if isinstance(source, (str, os.PathLike)):
         model = build_sentence_transformer(source, max_seq_length=max_seq_length, pooling=pooling,
                                            normalize=normalize, device="cpu")
-        return save_sentence_transformer(model, out_dir)
+        return save_sentence_transformer(model, out_dir, portable=portable)
     if tokenizer is None:
         raise ValueError("export_sentence_transformer(model, ...) needs the model's tokenizer (tokenizer=...)")
     with tempfile.TemporaryDirectory(prefix=".m2bert-st-") as tmp:
@@ -91,15 +94,26 @@ def export_sentence_transformer(source: str | os.PathLike[str] | PreTrainedModel
         tokenizer.save_pretrained(tmp)
         model = build_sentence_transformer(tmp, max_seq_length=max_seq_length, pooling=pooling, normalize=normalize,
                                            device="cpu")
-        return save_sentence_transformer(model, out_dir)
+        return save_sentence_transformer(model, out_dir, portable=portable)
 
 
-def save_sentence_transformer(model: SentenceTransformer, out_dir: str | os.PathLike[str]) -> Path:
+def save_sentence_transformer(model: SentenceTransformer, out_dir: str | os.PathLike[str], *,
+                              portable: bool = False) -> Path:
     """``model.save`` into a temporary sibling renamed into place: a finished directory or none. The encoder is
-    saved as the base ``M2BertModel`` (``AutoModel``), whatever head class it was loaded from."""
+    saved as the base ``M2BertModel`` (``AutoModel``), whatever head class it was loaded from; the tokenizer's
+    ``model_max_length`` is the model's ``max_seq_length`` (``truncation=True`` stops where the model does);
+    README.md is our card (how to load it: sentence-transformers' own card omits ``import m2bert``).
+    ``portable``: add the model's code and an ``auto_map`` (:func:`m2bert.portable.add_portable_code`), for
+    people without m2bert (``trust_remote_code=True``)."""
+    from m2bert.config import max_input_length
+    from m2bert.data.tokenizer import set_model_max_length
+    from m2bert.portable import add_portable_code
+    from m2bert.train.model_card import sentence_transformer_card
+
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:
-        model.save(str(tmp), safe_serialization=True)
+        model.save(str(tmp), safe_serialization=True, create_model_card=False)
+        set_model_max_length(tmp, model.max_seq_length)
         config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
         if "auto_map" in config:  # never point a loader at remote code
             raise ValueError(f"{out_dir}: the encoder's config.json has an auto_map; refusing to export code")
@@ -109,7 +123,30 @@ def save_sentence_transformer(model: SentenceTransformer, out_dir: str | os.Path
         st_config = json.loads(st_config_path.read_text(encoding="utf-8"))
         st_config.update(max_seq_length=model.max_seq_length, do_lower_case=False)
         st_config_path.write_text(json.dumps(st_config, indent=4) + "\n", encoding="utf-8")
+        encoder = model[0].auto_model.config
+        pooling, normalize = _saved_pipeline(tmp)
+        card = sentence_transformer_card(f"{out_dir.name}: M2-BERT sentence embeddings", pooling, normalize,
+                                         encoder.hidden_size, model.max_seq_length, max_input_length(encoder),
+                                         str(model))
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        if portable:
+            add_portable_code(tmp)
     return out_dir
+
+
+def _saved_pipeline(folder: Path) -> tuple[str, bool]:
+    """The pooling mode and whether embeddings are normalised, as a saved folder's modules say (the files, not the
+    module objects, whose attributes differ between sentence-transformers 5.x releases)."""
+    pooling, normalize = "?", False
+    for entry in json.loads((folder / "modules.json").read_text(encoding="utf-8")):
+        kind = str(entry.get("type", "")).rsplit(".", 1)[-1]
+        normalize = normalize or kind == "Normalize"
+        if kind == "Pooling":
+            config = json.loads((folder / entry["path"] / "config.json").read_text(encoding="utf-8"))
+            modes = config.get("pooling_mode") or [k[len("pooling_mode_"):] for k, v in config.items()
+                                                    if k.startswith("pooling_mode_") and v is True]
+            pooling = modes if isinstance(modes, str) else "+".join(map(str, modes))
+    return pooling, normalize
 
 
 def is_sentence_transformer_dir(path: str | os.PathLike[str]) -> bool:

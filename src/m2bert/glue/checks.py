@@ -11,9 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from m2bert.config import max_input_length
 from m2bert.data.glue_tasks import HF_SOURCES, cached_tokenizer, get_task, validate_task_files
 from m2bert.glue.schema import GlueConfig, TaskSettings
-from m2bert.glue.start import Start, check_padding, max_length, resolve_start
+from m2bert.glue.start import Start, check_padding, resolve_start
 from m2bert.options import ConfigError
 
 
@@ -68,7 +69,7 @@ def check_start(config: GlueConfig, start: Start, chain_checkpoint: bool) -> Non
         resolve_start("hf", config.chain.checkpoint, tokenizer=start.tokenizer)
     check_tokenizer(start, cached_tokenizer(start.tokenizer))
     check_padding(start, config.data.pad_to_max_length)
-    limit = max_length(start.config)
+    limit = max_input_length(start.config)
     if config.data.max_seq_len > limit:
         raise ConfigError(f"data.max_seq_len={config.data.max_seq_len} exceeds what {start.path} supports ({limit})")
 

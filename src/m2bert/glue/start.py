@@ -63,11 +63,6 @@ def is_m2(config: PretrainedConfig) -> bool:
     return isinstance(config, M2BertConfig)
 
 
-def max_length(config: PretrainedConfig) -> int:
-    """The longest input the model takes (M2: also bounded by its filter length)."""
-    return min(getattr(config, "long_conv_l_max", config.max_position_embeddings), config.max_position_embeddings)
-
-
 def padding_invariant(config: PretrainedConfig) -> bool:
     """BERT masks padded keys in attention, so it is; M2 is unless it reproduces the original."""
     return bool(getattr(config, "padding_invariant", True))

@@ -11,7 +11,7 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from m2bert.atomic import atomic_directory
-from m2bert.config import M2BertConfig
+from m2bert.config import M2BertConfig, max_input_length
 from m2bert.model.param_groups import param_groups
 from m2bert.options import ConfigError
 
@@ -23,11 +23,6 @@ BERT_PRESETS: dict[str, dict[str, Any]] = {
     # m2-bert-small's width and depth (the CPU quality study's baseline)
     "bert-small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
 }
-
-
-def max_length(config: M2BertConfig) -> int:
-    """The longest input an M2 model takes: its position table's and its filters' length, whichever is shorter."""
-    return min(config.max_position_embeddings, config.long_conv_l_max)
 
 
 def vocab_size_for(tokenizer_len: int, overrides: dict[str, Any]) -> int:
@@ -52,14 +47,14 @@ def build_mlm_model(model_cfg: DictConfig, impl_cfg: DictConfig, tokenizer_len: 
         overrides.update(kernels=str(impl_cfg.kernels), long_conv_impl=str(impl_cfg.long_conv_impl))
         try:
             config = M2BertConfig.from_preset(model_cfg.preset, **overrides)
-            if max_seq_len > max_length(config) and "max_length" not in overrides:
+            if max_seq_len > max_input_length(config) and "max_length" not in overrides:
                 # Longer data than the preset's length lengthens its position table and filters (fields set in
                 # overrides still win; a model left too short is refused below).
                 config = M2BertConfig.from_preset(model_cfg.preset, **{"max_length": max_seq_len, **overrides})
         except ValueError as e:
             raise ConfigError(f"model: {e}") from e
-        if max_seq_len > max_length(config):
-            raise ConfigError(f"data.max_seq_len={max_seq_len} exceeds the model's length {max_length(config)} "
+        if max_seq_len > max_input_length(config):
+            raise ConfigError(f"data.max_seq_len={max_seq_len} exceeds the model's length {max_input_length(config)} "
                               f"(long_conv_l_max={config.long_conv_l_max}, "
                               f"max_position_embeddings={config.max_position_embeddings})")
         return M2BertForMaskedLM(config)
@@ -183,11 +178,15 @@ def atomic_save_pretrained(model: nn.Module, tokenizer: Any, out_dir: str, card:
                            state_dict: dict[str, torch.Tensor] | None = None) -> str:
     """save_pretrained (config + safetensors + tokenizer, and ``card`` as README.md: see
     ``m2bert.train.model_card``), never leaving a half-written export. ``state_dict``: the weights to
-    write instead of the model's own (``gather_full_state_dict`` under FSDP)."""
+    write instead of the model's own (``gather_full_state_dict`` under FSDP). The tokenizer's
+    ``model_max_length`` is the model's longest input, so ``truncation=True`` stops there."""
+    from m2bert.data.tokenizer import set_model_max_length
+
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+            set_model_max_length(tmp, max_input_length(model.config))
         if card is not None:
             with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
                 f.write(card)
