@@ -52,6 +52,17 @@ def test_eval_loss_falls(sample_mds, tmp_path, model):
         assert loaded(**enc).logits.shape[-1] == loaded.config.vocab_size
 
 
+def test_no_eval_split_trains_without_evaluation(sample_mds, tmp_path):
+    """issue 23: data.eval_split=null (own text without a held-out split) trains with no evaluator, no context-use
+    measurement, and says so in the summary and the export's card."""
+    cfg = compose_pretrain(tiny_pretrain_overrides(sample_mds, tmp_path, "noeval")
+                           + ["data.eval_split=null", "max_duration=2ba", "eval_interval=1ba", "eval_at_start=true"])
+    summary = run(cfg)
+    assert summary["batches"] == 2 and summary["eval_split"] is None and summary["eval"] == []
+    assert "context_use" not in summary
+    assert "data.eval_split=null" in (Path(summary["hf_export"]) / "README.md").read_text()
+
+
 def test_unknown_key_fails_fast(sample_mds, tmp_path):
     with pytest.raises(ConfigCompositionException) as e:
         compose_pretrain(tiny_pretrain_overrides(sample_mds, tmp_path, "x") + ["optimizer.learning_rate=1e-3"])
