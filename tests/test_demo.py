@@ -13,6 +13,7 @@ def test_demo_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = proc.stdout[proc.stdout.index("== m2bert demo =="):]
     assert "4 batches of 32×128 tokens" in report
+    assert f"M2BERT_SAMPLE_DIR={out.resolve()} m2bert-pretrain recipe=demo max_duration=4ba" in report  # the rerun
     assert "SAMPLE-SS" in report.upper() and "SAMPLE-PAIR" in report.upper()
     export = report.split("Hugging Face export: ")[1].split()[0]
     assert (Path(export) / "model.safetensors").exists() and (Path(export) / "config.json").exists()

@@ -171,8 +171,9 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
             optimizers=builders.build_optimizer(model, cfg.optimizer),
             schedulers=builders.build_scheduler(cfg.scheduler),
             max_duration=builders.duration_in_batches(cfg.max_duration, cfg.global_train_batch_size),
-            eval_interval=cfg.eval_interval,
-            eval_subset_num_batches=cfg.eval_subset_num_batches,
+            # Without an evaluator Composer warns about any non-default eval settings: they mean nothing then.
+            eval_interval=cfg.eval_interval if eval_loader is not None else 1,
+            eval_subset_num_batches=cfg.eval_subset_num_batches if eval_loader is not None else -1,
             algorithms=[GradientClipping(clipping_type="norm", clipping_threshold=cfg.grad_clip_norm)] if cfg.grad_clip_norm > 0 else [],
             callbacks=builders.build_callbacks(device) + [history, filters, ResumableRNG()]
             + ([CompileTimer()] if compile_config is not None else []),

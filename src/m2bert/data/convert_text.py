@@ -146,6 +146,8 @@ def convert_text(
     Returns the JSON-able summary, with how the held-out split was made."""
     if bool(sources) == bool(dataset):
         raise ValueError("give --source (text or JSON-lines files and folders) or --dataset, one of them")
+    if dataset and val_sources:
+        raise ValueError("--val-source goes with --source; a dataset's held-out split is its 'validation' split")
     if txt_unit not in TXT_UNITS:
         raise ValueError(f"--txt-unit {txt_unit!r}; choose one of {', '.join(TXT_UNITS)}")
     if held_out_every < 0 or held_out_every == 1:
