@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gzip
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from m2bert.atomic import atomic_write_json
+from m2bert.data.held_out import HELD_OUT_EVERY, is_held_out
 from m2bert.paths import shared_dir
 
 log = logging.getLogger("bench.quality_study")
@@ -53,7 +53,7 @@ MODELS: dict[str, tuple[str, str, list[str]]] = {
 }
 LABELS = {"m2": "M2 (recommended)", "m2_original": "M2 (original recipe)", "m2_weak": "M2 (weak decay, 600 ba)",
           "bert": "BERT"}
-EVAL_EVERY = 20  # documents: one in twenty (by content hash) is held out for evaluation
+EVAL_EVERY = HELD_OUT_EVERY  # documents: one in twenty (by content hash) is held out for evaluation
 SEQ_LEN = 128
 
 # WikiText-2 is stored tokenised (" , ", " @-@ ", "<unk>"); undo the spacing so the text reads like C4's.
@@ -103,8 +103,7 @@ def build_corpus(shared: Path, out: Path, limit: int | None) -> dict[str, Any]:
     counts = {"train": {"documents": 0, "words": 0}, "validation": {"documents": 0, "words": 0}}
     files = {s: open(out / f"c4-{s}.00000-of-00001.json.partial", "w", encoding="utf-8") for s in counts}
     for source, text in docs:
-        held_out = int(hashlib.sha1(text.encode()).hexdigest(), 16) % EVAL_EVERY == 0
-        split = "validation" if held_out else "train"
+        split = "validation" if is_held_out(text, EVAL_EVERY) else "train"
         files[split].write(json.dumps({"text": text, "source": source}) + "\n")
         counts[split]["documents"] += 1
         counts[split]["words"] += len(text.split())

@@ -248,3 +248,21 @@ def test_run_name_stays_inside_run_root(tmp_path, module, prog, extra, name, mon
                        monkeypatch, capsys)
     assert f"run_name='{name}' is not a plain name" in _one_line(proc, prog)
     assert list(tmp_path.iterdir()) == []  # neither inside run_root nor beside it
+
+
+@pytest.mark.parametrize("args", [["recipe=demo"], ["data=sample"]])
+def test_sample_data_elsewhere_names_m2bert_sample_dir(tmp_path, args, monkeypatch, capsys):
+    """issue 23: `m2bert-pretrain recipe=demo` outside the folder that holds demo_out/ (data.local is the relative
+    ${oc.env:M2BERT_SAMPLE_DIR,demo_out}/mds) names the variable and the fix, not just a relative path."""
+    from m2bert.pretrain import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("M2BERT_SAMPLE_DIR", raising=False)
+    proc = _in_process(main, "m2bert-pretrain", [*args, "run_name=r"], monkeypatch, capsys)
+    line = _one_line(proc, "m2bert-pretrain")
+    assert f"{tmp_path / 'demo_out' / 'mds'} does not exist (M2BERT_SAMPLE_DIR is unset" in line
+    assert "set M2BERT_SAMPLE_DIR=<the folder make demo wrote" in line
+    monkeypatch.setenv("M2BERT_SAMPLE_DIR", str(tmp_path / "elsewhere"))
+    line = _one_line(_in_process(main, "m2bert-pretrain", [*args, "run_name=r"], monkeypatch, capsys), "m2bert-pretrain")
+    assert f"(M2BERT_SAMPLE_DIR={tmp_path / 'elsewhere'})" in line
+    assert not (tmp_path / "runs").exists()

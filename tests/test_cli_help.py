@@ -32,8 +32,8 @@ def test_pretrain_help_is_its_own(monkeypatch, capsys):
     assert text.startswith("m2bert-pretrain: MLM pretraining")
     assert "powered by Hydra" not in text.lower()
     groups = _groups(text)
-    assert set(groups) == {"model", "data", "optimizer", "filters", "scheduler", "parallel", "logger", "impl"}
-    assert "m2_bert_tiny" in groups["model"] and "sample" in groups["data"]
+    assert set(groups) == {"model", "data", "optimizer", "filters", "scheduler", "parallel", "logger", "impl", "recipe"}
+    assert "m2_bert_tiny" in groups["model"] and "sample" in groups["data"] and "demo" in groups["recipe"]
     assert "data.local=DIR" in text and "[286720000sp]" in text and "impl.long_conv_impl" in text
 
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,20 @@ def test_eval_loss_falls(sample_mds, tmp_path, model):
         tok = AutoTokenizer.from_pretrained(summary["hf_export"])
         enc = tok(["the module provides functions"], return_tensors="pt")
         assert loaded(**enc).logits.shape[-1] == loaded.config.vocab_size
+
+
+def test_no_eval_split_trains_without_evaluation(sample_mds, tmp_path):
+    """issue 23: data.eval_split=null (own text without a held-out split) trains with no evaluator, no context-use
+    measurement, and says so in the summary and the export's card."""
+    cfg = compose_pretrain(tiny_pretrain_overrides(sample_mds, tmp_path, "noeval")
+                           + ["data.eval_split=null", "max_duration=2ba", "eval_interval=1ba", "eval_at_start=true"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = run(cfg)
+    assert not [w for w in caught if "eval_dataloader" in str(w.message)]  # eval_interval etc. are not passed on
+    assert summary["batches"] == 2 and summary["eval_split"] is None and summary["eval"] == []
+    assert "context_use" not in summary
+    assert "data.eval_split=null" in (Path(summary["hf_export"]) / "README.md").read_text()
 
 
 def test_unknown_key_fails_fast(sample_mds, tmp_path):

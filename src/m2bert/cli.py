@@ -46,6 +46,7 @@ PRETRAIN_ONLY = {
     "optimizer": "each task's optimizer is glue.<task>.optimizer (and .lr, .weight_decay)",
     "scheduler": "the schedule is glue.scheduler.t_warmup / glue.scheduler.alpha_f",
     "parallel": "GLUE jobs run one per GPU (gpus=[0,1,...], execution=queue)",
+    "recipe": "GLUE's per-task recipe of a size is glue=<size>, e.g. glue=m2_bert_tiny",
     "impl": f"the speed-only switches here are impl.kernels={'|'.join(options.choices(options.Kernels))} "
             f"and impl.compile=auto|true|false",
 }

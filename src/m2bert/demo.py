@@ -9,9 +9,12 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 from m2bert import cli, cli_help
 
@@ -40,20 +43,45 @@ def build_data(out: Path, vocab_size: int) -> dict[str, Path]:
     return {"raw": raw, "tokenizer": tok, "mds": mds, "glue": raw / "glue"}
 
 
-def pretrain(paths: dict[str, Path], out: Path, batches: int, model: str) -> dict[str, Any]:
+RECIPE = "demo"  # yamls/recipe/demo.yaml: the demo's pretraining settings, which the user reruns as they are
+
+
+def recipe_settings() -> DictConfig:
+    """yamls/recipe/demo.yaml as written (not composed): the defaults ``--help`` shows come from it."""
+    from importlib import resources
+
+    return OmegaConf.create(resources.files("m2bert.yamls").joinpath("recipe", f"{RECIPE}.yaml").read_text())
+
+
+def recipe_batches(settings: DictConfig) -> int:
+    """The recipe's ``max_duration`` (``800ba``) as batches."""
+    duration = str(settings.max_duration)
+    if not duration.endswith("ba") or not duration[:-2].isdigit():
+        raise ValueError(f"yamls/recipe/{RECIPE}.yaml: max_duration={duration!r} must be in batches (e.g. 800ba)")
+    return int(duration[:-2])
+
+
+def pretrain_overrides(batches: int | None, extra: list[str]) -> list[str]:
+    """The demo's pretraining as ``m2bert-pretrain`` arguments: the recipe and what the user changed."""
+    return [f"recipe={RECIPE}", *([f"max_duration={batches}ba"] if batches is not None else []), *extra]
+
+
+def rerun_command(out: Path, overrides: list[str]) -> str:
+    """The shell command that reruns the demo's pretraining on its shards from the current folder (into ``runs/``
+    there, under a new run name); the shards' folder is named by M2BERT_SAMPLE_DIR unless it is ./demo_out."""
+    env = "" if out == (Path.cwd() / "demo_out").resolve() else f"M2BERT_SAMPLE_DIR={shlex.quote(str(out))} "
+    return env + shlex.join(["m2bert-pretrain", *overrides])
+
+
+def pretrain(paths: dict[str, Path], out: Path, overrides: list[str]) -> tuple[dict[str, Any], DictConfig]:
+    """``m2bert-pretrain`` with ``overrides`` on the demo's shards, into ``<out>/runs/demo-pretrain``."""
     from m2bert.pretrain import run
 
-    overrides = [
-        f"model={model}", "data=sample", f"data.local={paths['mds']}", f"data.tokenizer={paths['tokenizer']}",
-        "global_train_batch_size=32", "impl.device_train_microbatch_size=32", "device_eval_batch_size=64",
-        f"max_duration={batches}ba", f"eval_interval={max(batches // 4, 1)}ba", "eval_at_start=true",
-        "optimizer.lr=2e-3", "scheduler.t_warmup=0.06dur", f"save_interval={batches}ba",
-        f"console_log_interval={max(batches // 10, 1)}ba", f"run_root={out / 'runs'}", "run_name=demo-pretrain",
-        "overwrite=true",  # the demo is rerun into the same folder
-    ]
-    if model.startswith("m2"):
-        overrides.append("filters=keep")  # the recommended filter recipe (README, "The filters' recipe")
-    return run(cli.compose("pretrain", overrides))
+    cfg = cli.compose("pretrain", [
+        *overrides, f"data.local={paths['mds']}", f"data.tokenizer={paths['tokenizer']}",
+        f"run_root={out / 'runs'}", "run_name=demo-pretrain", "overwrite=true",  # the demo is rerun into one folder
+    ])
+    return run(cfg), cfg
 
 
 def finetune(paths: dict[str, Path], out: Path, hf_dir: str, subset: int | None = None) -> dict[str, Any]:
@@ -76,30 +104,38 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = cli_help.ArgumentParser(__doc__)
     p.add_argument("--out", default="demo_out", help="working folder (reused: finished steps are skipped)")
-    # m2-bert-tiny, not mini: in the same CPU time it takes ~3x the steps, and it needs them. m2-bert-mini at 300
-    # batches (and bert-tiny at 150) stays at the unigram loss (~6.34 on the sample), its outputs nearly independent
-    # of the input, so fine-tuning from it is at chance; m2-bert-tiny at 800 batches gets well below (~4.9).
-    p.add_argument("--batches", type=int, default=800, help="pretraining batches of 32 sequences")
-    p.add_argument("--model", default="m2_bert_tiny", help="model group of yamls/model")
+    # m2-bert-tiny, not mini (yamls/recipe/demo.yaml): in the same CPU time it takes ~3x the steps, and it needs them.
+    # m2-bert-mini at 300 batches (and bert-tiny at 150) stays at the unigram loss (~6.34 on the sample), its outputs
+    # nearly independent of the input, so fine-tuning from it is at chance; m2-bert-tiny at 800 batches gets well
+    # below (~4.9).
+    settings = recipe_settings()
+    default_batches = recipe_batches(settings)
+    p.add_argument("--batches", type=int, default=default_batches,
+                   help=f"pretraining batches of {settings.global_train_batch_size} sequences (recipe={RECIPE}'s)")
     p.add_argument("--vocab-size", type=int, default=8192, help="WordPiece vocabulary size in tokens")
     p.add_argument("--glue-subset", type=int, default=None, help="fine-tune on this many training rows per task "
                    "(default: all); for a quick smoke run")
+    p.add_argument("overrides", nargs="*", help=f"more m2bert-pretrain overrides on top of recipe={RECIPE}, e.g. "
+                   "model=bert_tiny filters=original")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     t0 = time.perf_counter()
     paths = build_data(out, args.vocab_size)
-    summary = pretrain(paths, out, args.batches, args.model)
+    overrides = pretrain_overrides(args.batches if args.batches != default_batches else None, args.overrides)
+    summary, cfg = pretrain(paths, out, overrides)
     glue = finetune(paths, out, summary["hf_export"], args.glue_subset)
     first, last = summary["eval"][0], summary["eval"][-1]
     lines = [
         "",
         "== m2bert demo ==",
-        f"MLM pretraining ({args.model}, {summary['batches']} batches of 32×128 tokens, CPU):",
+        f"MLM pretraining ({cfg.model.preset}, {summary['batches']} batches of "
+        f"{cfg.global_train_batch_size}×{cfg.data.max_seq_len} tokens, CPU):",
         "  batch   eval MLM loss   masked accuracy",
         *[f"  {r['batch']:>5}   {r['loss']:>13.4f}   {r['accuracy']:>15.4f}" for r in summary["eval"]],
         f"  first → last eval loss: {first['loss']:.4f} → {last['loss']:.4f}",
         f"checkpoints: {summary['checkpoints']}",
         f"Hugging Face export: {summary['hf_export']}  (AutoModelForMaskedLM.from_pretrained after `import m2bert`)",
+        f"rerun or change this pretraining (yamls/recipe/{RECIPE}.yaml): {rerun_command(out, overrides)}",
     ]
     lines += ["", "Fine-tuning (GLUE driver on the sample's derived tasks):", glue["table"],
               f"results: {glue['paths']}"]

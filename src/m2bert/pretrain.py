@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,29 @@ register()
 register_resolvers()
 
 
+# A data path whose config default is ``${oc.env:VAR,default}...``: what VAR names, for the error when it is missing.
+_ENV_DEFAULT = re.compile(r"\$\{oc\.env:(\w+),")
+ENV_FOLDERS = {
+    "M2BERT_SAMPLE_DIR": "the folder make demo wrote (its --out, demo_out by default)",
+    "M2BERT_C4_DIR": "the --out-root of m2bert-convert-c4",
+}
+
+
+def check_env_folder(cfg: DictConfig) -> None:
+    """``data.local`` left at its config's ``${oc.env:VAR,default}`` (``data=sample``: ``demo_out/mds``, relative
+    to the current folder) and missing: one line naming VAR and the fix, rather than the relative path alone."""
+    raw = OmegaConf.to_container(cfg, resolve=False).get("local")
+    env = _ENV_DEFAULT.search(str(raw))
+    local = Path(os.path.expanduser(cfg.local))
+    if env is None or cfg.remote is not None or local.is_dir():
+        return
+    var = env.group(1)
+    where = f"{var}={os.environ[var]}" if var in os.environ else \
+        f"{var} is unset, so it is {cfg.local}, relative to the current folder {Path.cwd()}"
+    raise FileNotFoundError(f"data.local: {local.absolute()} does not exist ({where}): set {var}=<"
+                            f"{ENV_FOLDERS.get(var, 'the data folder')}> as an absolute path, or data.local=<MDS folder>")
+
+
 def check_data(cfg: DictConfig) -> None:
     """Fail before any heavy work when the shards are not where the config says, or (local data)
     do not match their index.json: missing, truncated, corrupt offsets, wrong hash with validate_hash. Data in an
@@ -36,7 +60,10 @@ def check_data(cfg: DictConfig) -> None:
     from m2bert.data.mlm import locate_index, split_dir
     from m2bert.data.shards import check_remote_shards, check_shards
 
+    check_env_folder(cfg)
     for split in (cfg.train_split, cfg.eval_split):
+        if split is None:  # data.eval_split=null: no evaluation
+            continue
         url = split_dir(cfg.remote, split) if object_store.is_remote(cfg.remote or "") else None
         listing = object_store.list_objects(url, "data.remote") if url else None  # bounded time, one line
         index = locate_index(cfg.local, cfg.remote, split)  # raises FileNotFoundError naming the path
@@ -139,18 +166,23 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
             )
 
         train_loader = loader(cfg.data.train_split, cfg.data.mlm_probability, cfg.global_train_batch_size // world, True)
-        eval_loader = loader(cfg.data.eval_split, cfg.data.eval_mlm_probability, cfg.device_eval_batch_size, False)
+        eval_loader = None if cfg.data.eval_split is None else \
+            loader(cfg.data.eval_split, cfg.data.eval_mlm_probability, cfg.device_eval_batch_size, False)
+        if eval_loader is None:
+            log.info("no evaluation: data.eval_split=null (no held-out MLM loss, no context-use measurement)")
         history, filters = EvalHistory(), FilterEnergy()
         microbatch = min(cfg.impl.device_train_microbatch_size, cfg.global_train_batch_size // world)
         trainer = Trainer(
             model=composer_model,
             train_dataloader=train_loader,
-            eval_dataloader=Evaluator(label="eval", dataloader=eval_loader, metric_names=list(composer_model.eval_metrics)),
+            eval_dataloader=None if eval_loader is None else
+            Evaluator(label="eval", dataloader=eval_loader, metric_names=list(composer_model.eval_metrics)),
             optimizers=builders.build_optimizer(model, cfg.optimizer),
             schedulers=builders.build_scheduler(cfg.scheduler),
             max_duration=builders.duration_in_batches(cfg.max_duration, cfg.global_train_batch_size),
-            eval_interval=cfg.eval_interval,
-            eval_subset_num_batches=cfg.eval_subset_num_batches,
+            # Without an evaluator Composer warns about any non-default eval settings: they mean nothing then.
+            eval_interval=cfg.eval_interval if eval_loader is not None else 1,
+            eval_subset_num_batches=cfg.eval_subset_num_batches if eval_loader is not None else -1,
             algorithms=[GradientClipping(clipping_type="norm", clipping_threshold=cfg.grad_clip_norm)] if cfg.grad_clip_norm > 0 else [],
             callbacks=builders.build_callbacks(device) + [history, filters, ResumableRNG()]
             + ([CompileTimer()] if compile_config is not None else []),
@@ -173,17 +205,18 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
             parallelism_config={"fsdp": OmegaConf.to_container(cfg.parallel.fsdp)} if cfg.parallel.name == "fsdp" else None,
         )
     trainer.logger.log_hyperparameters(loggable(cfg))  # every logger, W&B included
-    if cfg.eval_at_start and int(trainer.state.timestamp.batch) == 0:
+    if cfg.eval_at_start and eval_loader is not None and int(trainer.state.timestamp.batch) == 0:
         trainer.eval()
     trainer.fit()
     summary: dict[str, Any] = {
         "run_dir": run_dir,
         "checkpoints": save_folder,
         "batches": int(trainer.state.timestamp.batch),
+        "eval_split": cfg.data.eval_split,  # null: the run had no evaluation, "eval" is empty and no "context_use"
         "eval": history.records,
         "filter_energy": filters.records,
     }
-    if cfg.context_eval_rows > 0 and not fsdp:  # under FSDP every rank would have to run the same forwards
+    if cfg.context_eval_rows > 0 and not fsdp and eval_loader is not None:  # under FSDP every rank would have to run the same forwards
         summary["context_use"] = context_use(model, eval_loader, rows=cfg.context_eval_rows)
         trainer.logger.log_metrics({f"context_use/{k}": v for k, v in summary["context_use"].items()})
         log.info("context use: %s", summary["context_use"])
@@ -214,6 +247,8 @@ def pretrain_card(cfg: DictConfig, summary: dict[str, Any]) -> str:
         "optimizer": f"{cfg.optimizer.name}, lr {cfg.optimizer.lr}, weight decay {cfg.optimizer.weight_decay}",
         "seed": cfg.seed, "run": cfg.run_name,
     }
+    if cfg.data.eval_split is None:
+        training["evaluation"] = "none (data.eval_split=null: no held-out split)"
     evals = {f"eval MLM loss (batch {last['batch']})": f"{last['loss']:.4f}"} if last else None
     return model_card(f"{cfg.run_name}: pretrained {cfg.model.preset}", "A masked language model pretrained with "
                       "m2bert-pretrain.", training, "AutoModelForMaskedLM", evals)
@@ -230,6 +265,8 @@ def hydra_main(cfg: DictConfig) -> None:
         first, last = summary["eval"][0], summary["eval"][-1]
         log.info("eval MLM loss: first %.4f (batch %d) → last %.4f (batch %d)",
                  first["loss"], first["batch"], last["loss"], last["batch"])
+    elif summary["eval_split"] is None:
+        log.info("no eval MLM loss: data.eval_split=null")
 
 
 def main() -> None:

@@ -18,20 +18,24 @@ beside an old val).
 """
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from m2bert import cli_help, object_store
+from m2bert.data.held_out import is_held_out
 from m2bert.object_store import is_remote
 
 log = logging.getLogger(__name__)
@@ -99,7 +103,7 @@ def find_local_files(source: str | os.PathLike[str]) -> dict[str, list[Path]]:
     return out
 
 
-def _iter_file_lines(path: Path) -> Iterator[tuple[str, int, bytes]]:
+def iter_file_lines(path: Path) -> Iterator[tuple[str, int, bytes]]:
     """Yield (file, line number, raw bytes) for non-blank lines; empty or unreadable files raise."""
     if not path.exists():
         raise C4InputError(f"input file {path} does not exist")
@@ -126,8 +130,14 @@ def _iter_hf_lines(source_split: str) -> Iterator[tuple[str, int, Any]]:
         yield f"{HF_DATASET}:{HF_CONFIG}/{source_split}", i, rec
 
 
-def parse_line(file: str, lineno: int, raw: Any) -> str:
-    """Return the document text of one line, or raise C4InputError naming file, line and problem."""
+class PlainText(bytes):
+    """A plain-text document's raw bytes (a ``.txt`` file, paragraph or line): :func:`parse_line` decodes it as it
+    is, where other bytes are a JSON line."""
+
+
+def parse_line(file: str, lineno: int, raw: Any, text_field: str = "text") -> str:
+    """Return the document text of one line (a JSON object's ``text_field``; a record of a dataset; or
+    :class:`PlainText`), or raise C4InputError naming file, line and problem."""
     if isinstance(raw, dict):
         rec = raw
     else:
@@ -135,17 +145,20 @@ def parse_line(file: str, lineno: int, raw: Any) -> str:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise C4InputError(f"{file} line {lineno}: undecodable bytes (not UTF-8): {exc}") from exc
+        if isinstance(raw, PlainText):
+            return line
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise C4InputError(f"{file} line {lineno}: not JSON ({exc.msg} at column {exc.colno})") from exc
     if not isinstance(rec, dict):
         raise C4InputError(f"{file} line {lineno}: not a JSON object (got {type(rec).__name__})")
-    if "text" not in rec:
-        raise C4InputError(f"{file} line {lineno}: record has no 'text' field (keys: {sorted(rec)})")
-    text = rec["text"]
+    if text_field not in rec:
+        raise C4InputError(f"{file} line {lineno}: record has no {text_field!r} field (keys: {sorted(rec)}); "
+                           "name the text's field with --text-field")
+    text = rec[text_field]
     if not isinstance(text, str):
-        raise C4InputError(f"{file} line {lineno}: 'text' is not a string (got {type(text).__name__})")
+        raise C4InputError(f"{file} line {lineno}: {text_field!r} is not a string (got {type(text).__name__})")
     return text
 
 
@@ -162,14 +175,19 @@ def _init_worker(tokenizer_name: str | None) -> None:
         _WORKER_TOKENIZER = load_tokenizer(tokenizer_name)
 
 
-def _process_chunk(chunk: list[tuple[str, int, Any]]) -> list[tuple[str, int, str | None, str | None, list[int] | None]]:
-    """Parse (and tokenise) a chunk; errors are returned, not raised, so the parent decides in order."""
+def _process_chunk(chunk: list[tuple[str, int, Any]], text_field: str = "text", held_out: tuple[int, bool] | None = None,
+                   ) -> list[tuple[str, int, str | None, str | None, list[int] | None]]:
+    """Parse (and tokenise) a chunk, keeping the documents of the split (``held_out``, see :class:`SplitInput`);
+    errors are returned, not raised, so the parent decides in order."""
     out: list[tuple[str, int, str | None, str | None, list[int] | None]] = []
     for file, lineno, raw in chunk:
         try:
-            out.append((file, lineno, parse_line(file, lineno, raw), None, None))
+            text = parse_line(file, lineno, raw, text_field)
         except C4InputError as exc:
             out.append((file, lineno, None, str(exc), None))
+            continue
+        if held_out is None or is_held_out(text, held_out[0]) == held_out[1]:
+            out.append((file, lineno, text, None, None))
     if _WORKER_TOKENIZER is not None:
         idx = [i for i, r in enumerate(out) if r[2] is not None]
         if idx:
@@ -192,8 +210,10 @@ def _chunks(lines: Iterator[tuple[str, int, Any]], size: int) -> Iterator[list[t
 
 
 def _error_kind(message: str) -> str:
-    for kind in ("undecodable bytes", "not JSON", "not a JSON object", "has no 'text'", "not a string", "is empty",
-                 "cannot read"):
+    named_field = re.search(r"has no '[^']*'", message)
+    if named_field:
+        return named_field.group(0)
+    for kind in ("undecodable bytes", "not JSON", "not a JSON object", "not a string", "is empty", "cannot read"):
         if kind in message:
             return kind
     return "other"
@@ -283,42 +303,80 @@ def convert(
     out_root: str = "c4-mds",
     *,
     splits: Sequence[str] = ("train", "train_small", "val", "val_small"),
+    limit: int | None = None,
+    **writing: Any,
+) -> dict[str, Any]:
+    """Convert ``source`` (``allenai/c4`` or local C4 files) into ``out_root/<split>/`` MDS shards.
+
+    ``writing``: :func:`write_splits`' options (text_field, tokenizer, concat_tokens, compression, num_workers, force,
+    skip_bad, size_limit, progress). Returns a JSON-able summary (per-split documents, rows, skipped lines,
+    shards, docs/s). Raises :class:`C4InputError` on bad input (unless ``skip_bad``), ``FileExistsError`` if a
+    split folder is non-empty and ``force`` is false.
+    """
+    for s in splits:
+        if s not in SPLITS:
+            raise ValueError(f"unknown split {s!r}; choose from {sorted(SPLITS)}")
+    use_hf = source in (HF_DATASET, "c4", f"{HF_DATASET}:{HF_CONFIG}")
+    local_files = None if use_hf else find_local_files(source)
+    if local_files is not None:  # before converting anything: a split without files must not leave the others half-done
+        for split in splits:
+            if not local_files[SPLITS[split].source_split]:
+                raise C4InputError(
+                    f"split {split!r} reads C4's {SPLITS[split].source_split!r} files, but {source} has none "
+                    f"(validation files have 'validation' in their name); choose other --splits")
+    inputs: dict[str, SplitInput] = {}
+    for split in splits:
+        spec = SPLITS[split]
+        max_docs = spec.max_docs if limit is None else min(spec.max_docs or limit, limit)
+        lines = _iter_hf_lines(spec.source_split) if local_files is None else \
+            (x for f in local_files[spec.source_split] for x in iter_file_lines(f))
+        inputs[split] = SplitInput(lines, max_docs)
+    return write_splits(str(source), out_root, inputs, **writing)
+
+
+@dataclass
+class SplitInput:
+    """What one output split reads: ``lines`` (file or source, line number, raw record), at most ``max_docs``
+    documents of them, and which documents it keeps: all, or (``held_out=(every, True)``) the ones
+    :func:`m2bert.data.held_out.is_held_out` holds out, or (``(every, False)``) the others."""
+
+    lines: Iterator[tuple[str, int, Any]]
+    max_docs: int | None = None
+    held_out: tuple[int, bool] | None = None
+
+
+def write_splits(
+    source: str,
+    out_root: str,
+    inputs: dict[str, SplitInput],
+    *,
+    text_field: str = "text",
     tokenizer: str | None = None,
     concat_tokens: int | None = None,
     compression: str | None = "zstd",
     num_workers: int = 0,
-    limit: int | None = None,
     force: bool = False,
     skip_bad: bool = False,
     size_limit: int | str = 1 << 26,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Convert ``source`` (``allenai/c4`` or local C4 files) into ``out_root/<split>/`` MDS shards.
-
-    Returns a JSON-able summary (per-split documents, rows, skipped lines, shards, docs/s).
-    Raises :class:`C4InputError` on bad input (unless ``skip_bad``), ``FileExistsError`` if a
-    split folder is non-empty and ``force`` is false.
-    """
+    """Write each of ``inputs`` into ``out_root/<split>/`` as MDS shards (raw text, or rows of ``concat_tokens``
+    ids), each split into a hidden partial folder first and all of them renamed into place together once every
+    one has converted and its ``index.json`` matches its shards. ``source`` names the input in the summary."""
     global _WORKER_TOKENIZER
     from streaming import MDSWriter
     from tqdm.auto import tqdm
 
     from m2bert.data.shards import HASH_ALGOS
 
-    for s in splits:
-        if s not in SPLITS:
-            raise ValueError(f"unknown split {s!r}; choose from {sorted(SPLITS)}")
     if (tokenizer is None) != (concat_tokens is None):
         raise ValueError("pre-tokenised mode needs both --tokenizer and --concat-tokens")
     if concat_tokens is not None and concat_tokens < 2:
         raise ValueError(f"--concat-tokens must be >= 2, got {concat_tokens}")
-    for s in splits:
+    for s in inputs:
         if _split_is_nonempty(out_root, s) and not force:
             shown = object_store.join(out_root, s) if is_remote(out_root) else Path(out_root) / s
             raise FileExistsError(f"{shown} exists and is not empty; pass --force to overwrite it")
-
-    use_hf = source in (HF_DATASET, "c4", f"{HF_DATASET}:{HF_CONFIG}")
-    local_files = None if use_hf else find_local_files(source)
 
     tok = None
     columns: dict[str, str]
@@ -336,32 +394,12 @@ def convert(
 
     import numpy as np
 
-    summary: dict[str, Any] = {"source": str(source), "out_root": str(out_root), "mode": "tokens" if tok else "text",
+    summary: dict[str, Any] = {"source": source, "out_root": str(out_root), "mode": "tokens" if tok else "text",
                                "tokenizer": tokenizer, "concat_tokens": concat_tokens, "splits": {}}
     remote = is_remote(out_root)
-    if local_files is not None:  # before converting anything: a split without files must not leave the others half-done
-        for split in splits:
-            if not local_files[SPLITS[split].source_split]:
-                raise C4InputError(
-                    f"split {split!r} reads C4's {SPLITS[split].source_split!r} files, but {source} has none "
-                    f"(validation files have 'validation' in their name); choose other --splits")
     converted: list[tuple[Path, Path]] = []  # local splits' (temporary folder, final folder), swapped in together
-    for split in splits:
-        spec = SPLITS[split]
+    for split, spec in inputs.items():
         max_docs = spec.max_docs
-        if limit is not None:
-            max_docs = limit if max_docs is None else min(max_docs, limit)
-        if use_hf:
-            lines: Iterator[tuple[str, int, Any]] = _iter_hf_lines(spec.source_split)
-        else:
-            assert local_files is not None
-            files = local_files[spec.source_split]
-            if not files:
-                raise C4InputError(
-                    f"split {split!r} reads C4's {spec.source_split!r} files, but {source} has none "
-                    f"(validation files have 'validation' in their name); choose other --splits")
-            lines = (x for f in files for x in _iter_file_lines(f))
-
         stats = ConvertStats(split=split)
         if remote:  # converted locally, uploaded once verified (see the upload below)
             tmp_parent = Path(tempfile.mkdtemp(prefix="m2bert-c4-"))
@@ -381,20 +419,21 @@ def convert(
             writer = MDSWriter(columns=columns, out=out, compression=compression, size_limit=size_limit,
                                keep_local=True, hashes=sorted(HASH_ALGOS))
             packer = _Packer(concat_tokens, cls_id, sep_id, pad_id) if tok is not None else None  # type: ignore[arg-type]
-            bar = tqdm(total=max_docs, unit="doc", desc=f"c4 {split}", disable=not progress, mininterval=1.0)
+            bar = tqdm(total=max_docs, unit="doc", desc=f"{split}", disable=not progress, mininterval=1.0)
 
             def emit(ids: list[int]) -> None:
                 writer.write({"tokens": np.asarray(ids, dtype=columns["tokens"].split(":")[1])})
                 stats.rows += 1
 
-            chunks = _chunks(lines, CHUNK_LINES)
+            chunks = _chunks(spec.lines, CHUNK_LINES)
+            process = partial(_process_chunk, text_field=text_field, held_out=spec.held_out)
             tok_name = tokenizer if tok is not None else None
             if num_workers > 0:
                 pool = get_context("spawn").Pool(num_workers, initializer=_init_worker, initargs=(tok_name,))
-                results: Any = pool.imap(_process_chunk, chunks)
+                results: Any = pool.imap(process, chunks)
             else:
                 _WORKER_TOKENIZER = tok
-                results = map(_process_chunk, chunks)
+                results = map(process, chunks)
             done = False
             for chunk_result in results:
                 for file, lineno, text, err, ids in chunk_result:
@@ -462,14 +501,10 @@ def convert(
     return summary
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point (``m2bert-convert-c4``; ``python data_prep/convert_c4.py`` in a checkout); prints JSON."""
-    ap = cli_help.ArgumentParser(__doc__)
-    ap.add_argument("--source", default=HF_DATASET,
-                    help=f"'{HF_DATASET}' (streamed from the hub, needs network) or a local C4 file/directory")
+def add_writing_args(ap: argparse.ArgumentParser) -> None:
+    """The options of :func:`write_splits` (output, tokenisation, workers, overwrite), shared by the converters."""
     ap.add_argument("--out-root", required=True, help="output root: a local folder or a remote URL (s3://…)")
-    ap.add_argument("--splits", nargs="+", default=["train", "train_small", "val", "val_small"],
-                    choices=sorted(SPLITS), help="splits to convert, each into its own folder")
+    ap.add_argument("--text-field", default="text", help="the field of a JSON line (or dataset record) that holds the text")
     ap.add_argument("--tokenizer", default=None, help="pre-tokenise with this tokenizer (HF id or directory) (default: none, raw text)")
     ap.add_argument("--concat-tokens", type=int, default=None, help="row length in tokens for pre-tokenised mode, e.g. 128 (default: raw text)")
     ap.add_argument("--compression", default="zstd", help="shard compression ('none' for none)")
@@ -478,20 +513,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="overwrite non-empty split folders")
     ap.add_argument("--skip-bad", action="store_true", help="skip and count bad lines instead of stopping")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def writing_options(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`add_writing_args`' values as :func:`write_splits`' keyword arguments (``--limit`` aside)."""
+    return {"text_field": args.text_field, "tokenizer": args.tokenizer, "concat_tokens": args.concat_tokens,
+            "compression": None if args.compression.lower() == "none" else args.compression,
+            "num_workers": args.num_workers, "force": args.force, "skip_bad": args.skip_bad,
+            "progress": not args.no_progress}
+
+
+def run_cli(convert_call: Callable[[], dict[str, Any]]) -> int:
+    """A converter's end: the JSON summary on stdout and 0, or bad input as one logged line and 2."""
     try:
-        summary = convert(
-            args.source, args.out_root, splits=args.splits, tokenizer=args.tokenizer,
-            concat_tokens=args.concat_tokens,
-            compression=None if args.compression.lower() == "none" else args.compression,
-            num_workers=args.num_workers, limit=args.limit, force=args.force, skip_bad=args.skip_bad,
-            progress=not args.no_progress)
+        summary = convert_call()
     except (C4InputError, FileExistsError, ValueError) as exc:
         log.error("error: %s", exc)
         return 2
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))  # the summary is the command's output
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point (``m2bert-convert-c4``; ``python data_prep/convert_c4.py`` in a checkout); prints JSON."""
+    ap = cli_help.ArgumentParser(__doc__)
+    ap.add_argument("--source", default=HF_DATASET,
+                    help=f"'{HF_DATASET}' (streamed from the hub, needs network) or a local C4 file/directory")
+    ap.add_argument("--splits", nargs="+", default=["train", "train_small", "val", "val_small"],
+                    choices=sorted(SPLITS), help="splits to convert, each into its own folder")
+    add_writing_args(ap)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return run_cli(lambda: convert(args.source, args.out_root, splits=args.splits, limit=args.limit,
+                                   **writing_options(args)))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ class DataConfig:
     local: str = MISSING  # MDS folder (or local cache for `remote`)
     remote: Optional[str] = None  # e.g. s3://bucket/c4-mds
     train_split: str = "train"
-    eval_split: str = "val"
+    eval_split: Optional[str] = "val"  # null: no held-out split, no evaluation (nor the context-use measurement)
     tokenizer: str = "bert-base-uncased"  # a Hugging Face id or a local directory
     max_seq_len: int = 128
     mlm_probability: float = 0.30
