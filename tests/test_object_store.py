@@ -44,7 +44,7 @@ def s3_mds(s3, sample_mds):
     return {"url": url, "uploads": uploads}
 
 
-def test_convert_uploads_shards_then_index(s3, s3_mds):
+def test_convert_uploads_shards_then_index(s3, s3_mds, sample_mds):
     """Every shard an index lists is in the store, and each split's index.json went up after all its shards."""
     for split in ("train", "val"):
         keys = s3_keys(f"{s3['bucket']}/c4-mds/{split}/")
@@ -56,7 +56,7 @@ def test_convert_uploads_shards_then_index(s3, s3_mds):
     with pytest.raises(FileExistsError, match=r"s3://.*/c4-mds/train exists"):  # no silent overwrite
         from m2bert.data.convert_c4 import convert
 
-        convert("unused", s3_mds["url"], splits=("train",))
+        convert(str(sample_mds["raw"] / "c4" / "en"), s3_mds["url"], splits=("train",))
 
 
 def _store_overrides(sample_mds, s3_mds, tmp_path, name: str) -> list[str]:
