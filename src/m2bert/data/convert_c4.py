@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -484,8 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             compression=None if args.compression.lower() == "none" else args.compression,
             num_workers=args.num_workers, limit=args.limit, force=args.force, skip_bad=args.skip_bad,
             progress=not args.no_progress)
-    except (C4InputError, FileExistsError, ValueError) as exc:
-        log.error("error: %s", exc)
+    except (C4InputError, OSError, ValueError) as exc:  # OSError: a tokenizer the hub cannot give (offline)
+        sys.stderr.write(f"m2bert-convert-c4: error: {(str(exc).strip() or type(exc).__name__).splitlines()[0]}\n")
         return 2
     print(json.dumps(summary, indent=2))
     return 0
