@@ -88,6 +88,7 @@ def run_job(spec: JobSpec, start: Optional[Start] = None) -> dict[str, Any]:
     from m2bert.train.builders import resolve_device_and_precision
 
     t0 = time.perf_counter()
+    quiet_composer()
     task = get_task(spec.task)
     start = start or resolve_start_config(spec.start)
     device, precision = resolve_device_and_precision(spec.config.device, spec.config.precision)
@@ -168,7 +169,6 @@ def job_trainer(spec: JobSpec, task: GlueTask, start: Start, composer_model: Any
     from m2bert.train.torch_compile import CompileTimer, composer_compile_config
 
     s, cfg = spec.settings, spec.config
-    quiet_composer()
     loader = DataLoader(data.train, batch_size=s.batch_size, drop_last=False, num_workers=0,
                         sampler=dist.get_sampler(data.train, shuffle=True, seed=spec.seed), collate_fn=data.collate_fn)
     optimizer = build_optimizer(composer_model.model, spec)

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import statistics
+import textwrap
 from decimal import ROUND_HALF_UP, Decimal
 from importlib import resources
 from pathlib import Path
@@ -269,6 +270,8 @@ def bar_chart(path: str, agg: dict[str, Any], published: dict[str, float] | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from m2bert.train.loss_chart import save_png
+
     tasks = list(agg["tasks"])
     ours: list[float | None] = [agg["tasks"][t]["score"]["mean"] for t in tasks]
     err = [agg["tasks"][t]["score"]["std"] for t in tasks]
@@ -290,10 +293,11 @@ def bar_chart(path: str, agg: dict[str, Any], published: dict[str, float] | None
     if settings:
         duration = settings.get("max_duration")
         facts = [str(settings.get("start_model"))] + ([f"max_duration {duration}"] if isinstance(duration, str) else [])
-        title += f"\n{', '.join(facts)}" + (f", {subsets_note(settings)}" if subsets_note(settings) else "")
+        note = subsets_note(settings)
+        title += "\n" + textwrap.fill(", ".join(facts + ([note] if note else [])), width=int(fig.get_figwidth() * 11))
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_png(fig, path)
     plt.close(fig)
     return path
 

@@ -30,8 +30,13 @@ def write_loss_chart(path: str | Path, train: list[dict[str, Any]], evals: list[
     if train or evals:
         ax.legend()
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    save_png(fig, path)
     plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
     return str(path)
+
+
+def save_png(fig: Any, path: str | Path, dpi: int = 110) -> None:
+    """A matplotlib figure as a PNG file, written atomically (a chart is whole or absent)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    atomic_write_bytes(path, buffer.getvalue())
