@@ -35,6 +35,9 @@ def test_eval_loss_falls(sample_mds, tmp_path, model):
     assert (first["batch"], last["batch"]) == (0, 30)
     assert last["loss"] < first["loss"] - 0.5, summary["eval"]
     assert summary["batches"] == 30
+    # loss.png beside summary.json: train and eval loss against tokens (issue 23)
+    chart = Path(summary["loss_chart"])
+    assert chart == Path(summary["run_dir"]) / "loss.png" and chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any(Path(summary["checkpoints"]).glob("ep*-ba30-rank0.pt"))
     assert (Path(summary["hf_export"]) / "model.safetensors").exists()
     if model == "m2_bert_tiny":

@@ -11,13 +11,16 @@ with ONE line on stderr that names the key or file and the fix, exit code 2, and
 folder (Hydra creates ``<run_root>/<run_name>/hydra/<launch time>`` before our code runs; it is removed
 again when it holds nothing but Hydra's own files, and so are the folders above it that are then empty).
 ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
-Hydra's own composition errors (unknown key, unknown group option) keep Hydra's message, which
-names the key and the choices, and also exit with 2; a command-line value outside a choice is refused
-in one line before Hydra composes (:func:`check_choices`).
+Hydra's own composition errors are one line too (:func:`hydra_error_line`): an unknown group option names the
+closest option and lists them (``model=m2-bert-tiny`` → ``model=m2_bert_tiny``), an unknown key names the real
+one (``lr`` → ``optimizer.lr``, ``glue.rte.learning_rate`` → ``glue.rte.lr``), a wrongly typed value says the
+type (``optimizer.lr=abc``, ``tasks=rte`` → ``tasks=[rte]``); a command-line value outside a choice is refused
+in one line before Hydra composes (:func:`check_choices`), with what each choice means where it is not obvious.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import math
 import os
@@ -62,7 +65,11 @@ MISSING_HINTS = {
                   "(m2bert-pretrain exports <run_root>/<run_name>/hf)",
 }
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ShardError, FileNotFoundError, OmegaConfBaseException)
+# Names users reach for, by the key that holds that setting here (a hint for an unknown key).
+KEY_ALIASES = {"learning_rate": "lr", "wd": "weight_decay", "batch_size": "global_train_batch_size",
+               "seed": "seeds", "epochs": "max_duration", "steps": "max_duration", "max_steps": "max_duration"}
 _task_started = False
+_forced_full_error = False  # entry() sets HYDRA_FULL_ERROR itself, so that Hydra's errors reach it as exceptions
 
 
 def group_options(group: str) -> str:
@@ -180,11 +187,11 @@ def check_choices(prog: str, schema: type, argv: list[str] | None = None) -> Non
                 if isinstance(value, float):
                     fail(prog, whole_number_error(override.key_or_group, value))
             continue
-        values = [str(v) if not isinstance(v, str) else v for v in values]
+        values = [str(v).lower() if isinstance(v, bool) else str(v) if not isinstance(v, str) else v for v in values]
         allowed = options.choices(choice)
         for value in values:
             if not (isinstance(value, str) and (value in allowed or value.startswith("${"))):
-                fail(prog, ConfigError(f"{override.key_or_group}={value!r}; choose one of {', '.join(allowed)}"))
+                fail(prog, ConfigError(f"{override.key_or_group}={value!r}; choose one of {options.described(choice)}"))
 
 
 def check_missing(cfg: DictConfig) -> None:
@@ -238,6 +245,11 @@ def _remove_empty_hydra_dir() -> None:
             break
 
 
+def traceback_wanted() -> bool:
+    """The user set ``HYDRA_FULL_ERROR=1`` (not :func:`entry`, which sets it to receive Hydra's errors)."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" and not _forced_full_error
+
+
 def fail(prog: str, e: BaseException) -> NoReturn:
     """End the run on a user error: one line on stderr, exit 2 (the traceback with HYDRA_FULL_ERROR=1). The
     run folder's lock is released first, then an otherwise empty run folder is removed."""
@@ -245,7 +257,7 @@ def fail(prog: str, e: BaseException) -> NoReturn:
 
     run_folder.release_all()
     _remove_empty_hydra_dir()
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    if traceback_wanted():
         raise e
     sys.stderr.write(f"{prog}: error: {one_line(e)}\n")
     sys.stderr.flush()
@@ -258,11 +270,124 @@ def task_started() -> None:
     _task_started = True
 
 
-def entry(hydra_main: Callable[[], None]) -> None:
-    """Run a ``@hydra.main`` function; Hydra's composition errors (exit 1 before our task starts) exit 2."""
+def config_keys(config_name: str) -> list[str]:
+    """Every key of the default composed ``yamls/<config_name>.yaml``, dotted (``optimizer.lr``), for hints."""
+    def walk(node: Any, prefix: str) -> list[str]:
+        keys = []
+        for key in node.keys() if isinstance(node, DictConfig) else ():
+            path = f"{prefix}{key}"
+            keys.append(path)
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+                keys += walk(child, f"{path}.")
+        return keys
+
+    try:
+        return walk(compose(config_name), "")
+    except Exception:  # noqa: BLE001 - a hint is optional; the error is reported anyway
+        return []
+
+
+def key_hint(key: str, keys: list[str]) -> str:
+    """``lr`` → ``did you mean optimizer.lr?``; ``glue.rte.learning_rate`` → ``did you mean glue.rte.lr?``."""
+    parent, _, leaf = key.rpartition(".")
+    leaves = sorted({k.rpartition(".")[2] for k in keys})
+    wanted = [KEY_ALIASES[leaf]] if leaf in KEY_ALIASES else []
+    wanted += [c for c in difflib.get_close_matches(leaf, leaves, n=3, cutoff=0.75) if c not in wanted]
+    for name in wanted:  # the same place first, then anywhere
+        if (candidate := f"{parent}.{name}" if parent else name) in keys:
+            return f"; did you mean {candidate}?"
+    for name in wanted:
+        found = [k for k in keys if k.rpartition(".")[2] == name]
+        if found:
+            more = f" (or {len(found) - 2} more)" if len(found) > 2 else ""
+            return f"; did you mean {' or '.join(found[:2])}{more}?"
+    return ""
+
+
+def _parse_error_arg(argv: list[str]) -> str | None:
+    """The first command-line override Hydra's grammar refuses (its own message does not say which)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for arg in argv:
+        if arg.startswith("-"):
+            continue
+        try:
+            parser.parse_override(arg)
+        except HydraException:
+            return arg
+    return None
+
+
+def hydra_error_line(e: BaseException, config_name: str | None, argv: list[str]) -> str:
+    """One line for an error Hydra raises while composing: what is wrong, with the fix (the closest group option
+    and the list; the real key; the type a value needs)."""
+    import re
+
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    first = (str(e).strip() or type(e).__name__).splitlines()[0]
+    cause = e.__cause__
+    if isinstance(e, MissingConfigException) and e.options and e.missing_cfg_file:
+        group, _, option = str(e.missing_cfg_file).rpartition("/")
+        close = difflib.get_close_matches(option.replace("-", "_").lower(), list(e.options), n=1, cutoff=0.5)
+        hint = f"did you mean {group}={close[0]}? " if close else ""
+        return f"{group}={option}: no such {group} option; {hint}the options: {', '.join(e.options)}"
+    if isinstance(e, OverrideParseException):
+        arg = _parse_error_arg(argv)
+        return f"cannot parse {arg!r}: {first} (quote a value with brackets or commas, e.g. 'tasks=[rte,mrpc]')" \
+            if arg else first
+    merging = re.match(r"Error merging override (.+?)=(.*)$", first)
+    overriding = re.match(r"Could not override '(.+?)'", first)
+    reason = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
+    if overriding and "not in struct" not in reason and "not in '" in reason:  # a key the schema lacks
+        key = overriding.group(1)
+        hint = key_hint(key, config_keys(config_name)) if config_name else ""
+        return f"{key}: no such key{hint or ' (the settings and their values: --cfg job)'}"
+    if overriding and "not in struct" in reason:  # an open section (model.overrides): Hydra's + is the fix
+        key = overriding.group(1)
+        return f"{key} is not set in this config: add it with +{key}=..."
+    if merging:
+        key, value = merging.group(1).lstrip("+~"), merging.group(2)
+        kind = re.search(r"could not be converted to (\w+)", reason)
+        if kind:
+            what = {"Float": "a number", "Integer": "a whole number", "Boolean": "true or false"}.get(kind.group(1),
+                                                                                                    kind.group(1))
+            return f"{key}={value!r} must be {what}"
+        if "is not a ListConfig, list or tuple" in reason:
+            return f"{key}={value} must be a list: write {key}=[{value}]"
+        return f"{key}={value}: {reason or first}"
+    return f"{first}{f' ({reason})' if reason and reason not in first else ''}"
+
+
+def entry(hydra_main: Callable[[], None], prog: str | None = None, config_name: str | None = None) -> None:
+    """Run a ``@hydra.main`` function. Hydra's composition errors (which it would print in several lines and exit
+    1 with) are one line naming the problem and the fix, exit 2; ``config_name`` lets the line name the real key
+    of an unknown one. ``HYDRA_FULL_ERROR`` is set while Hydra runs so that its errors reach us as exceptions."""
+    global _forced_full_error
+    from hydra.errors import HydraException
+
+    prog = prog or Path(sys.argv[0]).name
+    forced = os.environ.get("HYDRA_FULL_ERROR") != "1"
+    if forced:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        _forced_full_error = True
     try:
         hydra_main()
     except SystemExit as e:
         if e.code == 1 and not _task_started:
             raise SystemExit(EXIT_USAGE) from e
         raise
+    except (HydraException, *USER_ERRORS) as e:
+        if not forced or _task_started:
+            raise
+        line = hydra_error_line(e, config_name, sys.argv[1:]) if isinstance(e, HydraException) else one_line(e)
+        sys.stderr.write(f"{prog}: error: {line}\n")
+        sys.stderr.flush()
+        raise SystemExit(EXIT_USAGE) from e
+    finally:
+        if forced:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+            _forced_full_error = False

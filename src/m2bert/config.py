@@ -11,6 +11,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from m2bert.auto import register_if_pending
 from m2bert.options import Kernels, LongConvImpl, Pooling, choices
 
 LONG_CONV_IMPLS = choices(LongConvImpl)
@@ -79,6 +80,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         hyena_training_additions=True,
     ),
 }
+
+# What makes a size a size: a config with these of a preset is that preset, whatever its vocabulary or length.
+SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "hyena_filter_order", "monarch_mlp_nblocks")
+
+
+def preset_of(config: Any) -> str:
+    """The size a model config is, by its shape: ``m2-bert-tiny``; otherwise ``custom M2 (d=64, L=3)``; a BERT
+    baseline is ``BERT (d=768, L=12)``. Reports name the model that was run, not the recipe's size."""
+    shape = f"d={getattr(config, 'hidden_size', '?')}, L={getattr(config, 'num_hidden_layers', '?')}"
+    if getattr(config, "model_type", None) != M2BertConfig.model_type:
+        return f"{str(getattr(config, 'model_type', 'unknown')).upper()} ({shape})"
+    for name, fields in PRESETS.items():
+        if all(getattr(config, key, None) == fields[key] for key in SHAPE_KEYS):
+            return name
+    return f"custom M2 ({shape})"
+
 
 # Keys of the original config that we interpret; everything else in an original config dict is
 # generic transformers bookkeeping (or attention-only settings) and is ignored.
@@ -294,3 +311,7 @@ def _init_fields() -> list[str]:
 
     params = inspect.signature(M2BertConfig.__init__).parameters
     return [p for p in params if p not in ("self", "kwargs")] + ["num_labels", "id2label", "label2id"]
+
+
+# transformers loaded while this module was importing (m2bert.auto): the Auto* registration happens now.
+register_if_pending()

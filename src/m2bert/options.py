@@ -137,6 +137,20 @@ class Execution(Choice):
     queue = "queue"
 
 
+# What each value of a choice means, where its name alone does not say it (the one-line refusal lists these).
+MEANINGS: dict[type[Choice], dict[str, str]] = {
+    SaveFinal: {"chain": "export the chain source's first seed, which RTE/MRPC/STS-B start from",
+                "all": "export every job's fine-tuned model",
+                "none": "export none, but the chain source's first seed when this run's round 2 needs it"},
+}
+
+
+def described(choice: type[Choice]) -> str:
+    """``chain (export only ...), all (...), none (...)``: the allowed values, each with its meaning if it has one."""
+    meanings = MEANINGS.get(choice, {})
+    return ", ".join(f"{v} ({meanings[v]})" if v in meanings else v for v in choices(choice))
+
+
 def unknown_keys(cfg: Any, schema: type, prefix: str = "") -> list[str]:
     """Keys of ``cfg`` (a DictConfig) that ``schema`` (a dataclass, walked recursively) does not have.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -113,10 +114,11 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
     from m2bert.data.tokenizer import load_tokenizer
     from m2bert.train import builders
     from m2bert.train import runs
-    from m2bert.train.callbacks import EvalHistory, FilterEnergy, ResumableRNG
+    from m2bert.train.callbacks import EvalHistory, FilterEnergy, ResumableRNG, TrainLossHistory
     from m2bert.train.checkpoint_safety import check_shapes, verified_checkpoint, warn_trusted
     from m2bert.train.composer_models import ComposerMLM
     from m2bert.train.context_use import context_use
+    from m2bert.train.loss_chart import write_loss_chart
     from m2bert.train.torch_compile import CompileTimer, composer_compile_config
 
     save_folder = cfg.save_folder or os.path.join(run_dir, "checkpoints")
@@ -170,7 +172,8 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
             loader(cfg.data.eval_split, cfg.data.eval_mlm_probability, cfg.device_eval_batch_size, False)
         if eval_loader is None:
             log.info("no evaluation: data.eval_split=null (no held-out MLM loss, no context-use measurement)")
-        history, filters = EvalHistory(), FilterEnergy()
+        history, filters, train_loss = EvalHistory(), FilterEnergy(), TrainLossHistory()
+        progress_bar = show_progress_bar(cfg.progress_bar)
         microbatch = min(cfg.impl.device_train_microbatch_size, cfg.global_train_batch_size // world)
         trainer = Trainer(
             model=composer_model,
@@ -184,7 +187,7 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
             eval_interval=cfg.eval_interval if eval_loader is not None else 1,
             eval_subset_num_batches=cfg.eval_subset_num_batches if eval_loader is not None else -1,
             algorithms=[GradientClipping(clipping_type="norm", clipping_threshold=cfg.grad_clip_norm)] if cfg.grad_clip_norm > 0 else [],
-            callbacks=builders.build_callbacks(device) + [history, filters, ResumableRNG()]
+            callbacks=builders.build_callbacks(device) + [history, filters, train_loss, ResumableRNG()]
             + ([CompileTimer()] if compile_config is not None else []),
             loggers=builders.build_loggers(cfg.logger, run_name),
             run_name=run_name,
@@ -198,8 +201,8 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
             save_overwrite=cfg.overwrite,
             autoresume=cfg.autoresume and cfg.trust_checkpoint,
             load_path=verified.path if verified is not None else cfg.load_path if cfg.trust_checkpoint else None,
-            progress_bar=cfg.progress_bar,
-            log_to_console=True,
+            progress_bar=progress_bar,  # with ETA; the console lines otherwise (a log file, a pipe)
+            log_to_console=not progress_bar,
             console_log_interval=cfg.console_log_interval,
             compile_config=compile_config,
             parallelism_config={"fsdp": OmegaConf.to_container(cfg.parallel.fsdp)} if cfg.parallel.name == "fsdp" else None,
@@ -227,9 +230,18 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
             summary["hf_export"] = builders.atomic_save_pretrained(model, tokenizer, os.path.join(run_dir, "hf"),
                                                                    card=pretrain_card(cfg, summary), state_dict=full_state)
             log.info("Hugging Face export: %s", summary["hf_export"])
+        summary["loss_chart"] = write_loss_chart(
+            os.path.join(run_dir, "loss.png"), train_loss.records, history.records, cfg.data.max_seq_len,
+            f"{run_name}: {cfg.model.preset}, {cfg.global_train_batch_size} x {cfg.data.max_seq_len} tokens per batch")
         atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
     trainer.close()
     return summary
+
+
+def show_progress_bar(setting: bool | None) -> bool:
+    """``progress_bar=null`` (the default): Composer's bar, with its ETA, when stderr is a terminal; one console
+    line per ``console_log_interval`` otherwise, which reads well in a log file."""
+    return sys.stderr.isatty() if setting is None else bool(setting)
 
 
 def pretrain_card(cfg: DictConfig, summary: dict[str, Any]) -> str:
@@ -274,7 +286,7 @@ def main() -> None:
     line on stderr, exit 2."""
     reject_foreign_groups("m2bert-pretrain", GLUE_ONLY)
     cli.check_choices("m2bert-pretrain", PretrainConfig)
-    cli.entry(hydra_main)
+    cli.entry(hydra_main, "m2bert-pretrain", "pretrain")
 
 
 if __name__ == "__main__":

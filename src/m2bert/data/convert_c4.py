@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -523,12 +524,12 @@ def writing_options(args: argparse.Namespace) -> dict[str, Any]:
             "progress": not args.no_progress}
 
 
-def run_cli(convert_call: Callable[[], dict[str, Any]]) -> int:
-    """A converter's end: the JSON summary on stdout and 0, or bad input as one logged line and 2."""
+def run_cli(prog: str, convert_call: Callable[[], dict[str, Any]]) -> int:
+    """A converter's end: the JSON summary on stdout and 0, or bad input as one line on stderr and 2."""
     try:
         summary = convert_call()
-    except (C4InputError, FileExistsError, ValueError) as exc:
-        log.error("error: %s", exc)
+    except (C4InputError, OSError, ValueError) as exc:  # OSError: a tokenizer the hub cannot give (offline)
+        sys.stderr.write(f"{prog}: error: {(str(exc).strip() or type(exc).__name__).splitlines()[0]}\n")
         return 2
     print(json.dumps(summary, indent=2))  # the summary is the command's output
     return 0
@@ -544,8 +545,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_writing_args(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return run_cli(lambda: convert(args.source, args.out_root, splits=args.splits, limit=args.limit,
-                                   **writing_options(args)))
+    return run_cli("m2bert-convert-c4", lambda: convert(args.source, args.out_root, splits=args.splits,
+                                                        limit=args.limit, **writing_options(args)))
 
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_writing_args(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return run_cli(lambda: convert_text(
+    return run_cli("m2bert-convert-text", lambda: convert_text(
         args.source, args.out_root, val_sources=args.val_source, dataset=args.dataset,
         dataset_config=args.dataset_config, train_split=args.dataset_split, txt_unit=args.txt_unit,
         held_out_every=args.held_out_every, limit=args.limit, **writing_options(args)))

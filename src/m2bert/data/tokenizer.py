@@ -13,11 +13,13 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-
-from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from m2bert import cli_help
 from m2bert.atomic import atomic_directory
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ def load_tokenizer(name_or_dir: str | os.PathLike[str]) -> PreTrainedTokenizerBa
     Local paths win over hub ids, so an offline machine never reaches for the network when the
     directory exists; a path that does not exist fails fast with its name in the message.
     """
+    from transformers import AutoTokenizer, BertTokenizerFast  # here: the CLIs parse arguments before it loads
+
     name = os.fspath(name_or_dir)
     path = Path(name).expanduser()
     if path.is_file():
@@ -63,8 +67,8 @@ def load_tokenizer(name_or_dir: str | os.PathLike[str]) -> PreTrainedTokenizerBa
     except Exception as exc:  # noqa: BLE001
         raise OSError(
             f"could not load tokenizer {name!r}: no local directory of that name exists and the Hugging Face "
-            f"hub could not provide it ({type(exc).__name__}: {exc}). Offline, train one with "
-            f"m2bert-train-tokenizer (--out DIR) and pass that directory."
+            f"hub could not provide it ({type(exc).__name__}: {(str(exc).strip() or '-').splitlines()[0]}). Offline, "
+            f"train one with m2bert-train-tokenizer (--out DIR) and pass that directory."
         ) from exc
 
 
@@ -128,6 +132,7 @@ def train_wordpiece(
     ``texts`` directly (then ``files`` may be empty). The directory is written atomically.
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertTokenizerFast
 
     n_reserved = len(SPECIAL_TOKENS) + NUM_UNUSED
     if vocab_size <= n_reserved + 100:

@@ -55,7 +55,7 @@ def main() -> None:
     """The console script: foreign groups refused, user errors one line on stderr, exit 2."""
     cli.reject_foreign_groups(PROG, FOREIGN)
     cli.check_choices(PROG, RetrievalConfig)
-    cli.entry(hydra_main)
+    cli.entry(hydra_main, PROG, "retrieval")
 
 
 if __name__ == "__main__":

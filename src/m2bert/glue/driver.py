@@ -47,7 +47,6 @@ from m2bert.glue.schema import (
 )
 from m2bert.options import ConfigError
 from m2bert.run_folder import RunFolder, check_run_name, claimed
-from m2bert.train.torch_compile import normalize as normalize_compile
 
 log = logging.getLogger("m2bert.glue")
 register()
@@ -163,6 +162,8 @@ def load_config(cfg: DictConfig) -> GlueConfig:
 
 def check_choices(config: GlueConfig) -> None:
     """The one choice the schema's types cannot check (impl.compile is a str: Hydra reads ``true`` as a bool)."""
+    from m2bert.train.torch_compile import normalize as normalize_compile
+
     normalize_compile(config.impl.compile, "impl.compile")
 
 
@@ -203,6 +204,21 @@ def run(cfg: DictConfig | GlueConfig, overrides: list[str] | None = None) -> dic
         return run_claimed(config, str(folder.path), p, start, gpus if queue else None, overrides, t0)
 
 
+def run_settings(config: GlueConfig, p: Plan, start: Any) -> dict[str, Any]:
+    """What the reports say the run was: the start model's size by its config (not the recipe's name), the
+    duration, the subsets and the seeds (a value per task where the tasks differ)."""
+    from m2bert.config import preset_of
+
+    def per_task(values: dict[str, Any]) -> Any:
+        return next(iter(values.values())) if len(set(map(str, values.values()))) == 1 else values
+
+    durations = {t: config.max_duration or s.max_duration or f"{s.epochs}ep" for t, s in p.settings.items()}
+    subsets = {t: s.train_subset or config.train_subset for t, s in p.settings.items()}
+    return {"start_model": preset_of(start.config), "start": start.path, "start_kind": str(start.kind),
+            "recipe": config.glue.model_size, "max_duration": per_task(durations), "train_subset": per_task(subsets),
+            "eval_subset": config.eval_subset, "seeds": {t: list(s.seeds) for t, s in p.settings.items()}}
+
+
 def run_claimed(config: GlueConfig, run_dir: str, p: Plan, start: Any, queue_gpus: list[int] | None,
                 overrides: list[str] | None, t0: float) -> dict[str, Any]:
     """The rounds in the claimed run folder (on the GPU queue when ``queue_gpus``), then the results files."""
@@ -228,6 +244,7 @@ def run_claimed(config: GlueConfig, run_dir: str, p: Plan, start: Any, queue_gpu
         return [results[s.name] for s in specs]
 
     label = str(config.run_name)  # the row says which run it is; the start is in results.json
+    settings = run_settings(config, p, start)
     try:
         jobs, chain_start = run_rounds(config, run_dir, p, start, run_round)
     except ConfigError:
@@ -235,7 +252,8 @@ def run_claimed(config: GlueConfig, run_dir: str, p: Plan, start: Any, queue_gpu
     except Exception as e:
         if finished:  # keep what finished: results.* of those jobs, with the failure named
             write_results(run_dir, finished, config.glue.model_size, label, config.published, config.plot,
-                          {"run_dir": run_dir, "failed": f"{type(e).__name__}: {e}", "overrides": list(overrides or [])})
+                          {"run_dir": run_dir, "failed": f"{type(e).__name__}: {e}", "overrides": list(overrides or [])},
+                          settings)
             log.error("GLUE run failed after %d job(s); their results are in %s", len(finished),
                       os.path.join(run_dir, "results.json"))
         raise
@@ -245,8 +263,10 @@ def run_claimed(config: GlueConfig, run_dir: str, p: Plan, start: Any, queue_gpu
         "chain_checkpoint": chain_start.path if chain_start else None,
         "overrides": list(overrides or []), "time_s": round(time.perf_counter() - t0, 1),
     }
-    results = write_results(run_dir, jobs, config.glue.model_size, label, config.published, config.plot, extra)
-    log.info("GLUE results (%s):\n%s", results["paths"]["markdown"], results["table"])
+    results = write_results(run_dir, jobs, config.glue.model_size, label, config.published, config.plot, extra,
+                            settings)
+    log.info("GLUE results: %s (table, settings), %s, %s", results["paths"]["markdown"], results["paths"]["json"],
+             results["paths"].get("chart", "no chart (plot=false)"))  # the table itself: the CLI prints it once
     return results
 
 
@@ -316,7 +336,7 @@ def hydra_main(cfg: DictConfig) -> None:
         results = run(config, overrides=list(hc.overrides.task))
     except cli.USER_ERRORS as e:
         cli.fail("m2bert-glue", e)
-    print(results["table"])
+    print(Path(results["paths"]["markdown"]).read_text(), end="")  # title, settings, table: once
 
 
 def main() -> None:
@@ -324,7 +344,7 @@ def main() -> None:
     are one line on stderr, exit 2."""
     reject_foreign_groups("m2bert-glue", PRETRAIN_ONLY)
     cli.check_choices("m2bert-glue", GlueConfig)
-    cli.entry(hydra_main)
+    cli.entry(hydra_main, "m2bert-glue", "glue")
 
 
 if __name__ == "__main__":

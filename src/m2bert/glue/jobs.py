@@ -88,6 +88,7 @@ def run_job(spec: JobSpec, start: Optional[Start] = None) -> dict[str, Any]:
     from m2bert.train.builders import resolve_device_and_precision
 
     t0 = time.perf_counter()
+    quiet_composer()
     task = get_task(spec.task)
     start = start or resolve_start_config(spec.start)
     device, precision = resolve_device_and_precision(spec.config.device, spec.config.precision)
@@ -164,6 +165,7 @@ def job_trainer(spec: JobSpec, task: GlueTask, start: Start, composer_model: Any
     from torch.utils.data import DataLoader
 
     from m2bert.train import builders
+    from m2bert.train.callbacks import ProgressLine
     from m2bert.train.torch_compile import CompileTimer, composer_compile_config
 
     s, cfg = spec.settings, spec.config
@@ -189,16 +191,24 @@ def job_trainer(spec: JobSpec, task: GlueTask, start: Start, composer_model: Any
         seed=spec.seed,
         run_name=spec.name,
         progress_bar=False,
-        log_to_console=True,
-        console_log_interval=cfg.console_log_interval,
+        log_to_console=False,  # Composer's would print the whole config and a line per metric, per job
         loggers=builders.build_loggers(asdict(cfg.logger), spec.name, group=cfg.run_name),
         compile_config=compile_config,
-        callbacks=[CompileTimer()] if compile_config is not None else [],
+        callbacks=[ProgressLine(spec.name, cfg.console_log_interval)]
+        + ([CompileTimer()] if compile_config is not None else []),
     )
     trainer.logger.log_hyperparameters(loggable({"glue": cfg, "job": {
         "task": task.name, "seed": spec.seed, "round": spec.round, "settings": asdict(s), "start": start.path,
         "max_duration": spec.duration()}}))
     return trainer
+
+
+def quiet_composer() -> None:
+    """Composer's INFO messages (seeding, schedulers, devices) repeat for every job: WARNING and up only, unless
+    its level was set on purpose (``hydra.verbose=composer``)."""
+    composer_log = logging.getLogger("composer")
+    if composer_log.level == logging.NOTSET:
+        composer_log.setLevel(logging.WARNING)
 
 
 @torch.no_grad()
@@ -248,18 +258,27 @@ def glue_card(spec: JobSpec, task: GlueTask, start: Start, result: dict[str, Any
     """The fine-tuned export's README.md: task, start, recipe, dev-set metrics."""
     from m2bert.train.model_card import model_card
 
-    s = spec.settings
+    from m2bert.config import preset_of
+    from m2bert.glue.results import subsets_note
+
+    s, c = spec.settings, spec.config
     training = {
         "task": f"{task.name} ({'regression' if task.is_regression else f'{task.num_labels} classes'})",
-        "started from": f"{start.path} ({start.kind})", "data": spec.config.data.source, "seed": spec.seed,
-        "steps": f"{result['batches']} batches of {s.batch_size} ({spec.duration()}, {result['train_rows']} rows)",
+        "start model": preset_of(start.config),
+        "started from": f"{start.path} ({start.kind})", "data": c.data.source, "seed": spec.seed,
+        "max_duration": spec.duration(),
+        "steps": f"{result['batches']} batches of {s.batch_size} ({result['train_rows']} rows)",
+        "train_subset": spec.train_subset() or "null (the full training set)",
+        "eval_subset": c.eval_subset or "null (the full dev set)",
         "optimizer": f"{s.optimizer}, lr {s.lr}, weight decay {s.weight_decay}", "pooling": s.pooling,
-        "max sequence length": spec.config.data.max_seq_len,
+        "max sequence length": c.data.max_seq_len,
     }
+    note = subsets_note({"train_subset": spec.train_subset(), "eval_subset": c.eval_subset})
     evals = {f"{split} {name}": f"{value:.4f}" for split, values in result["metrics"].items()
              for name, value in values.items()}
     labels = dict(enumerate(task.label_names)) if task.label_names is not None else None
-    return model_card(f"{task.name}-seed{spec.seed}: M2-BERT fine-tuned on {task.name}",
+    return model_card(f"{task.name}-seed{spec.seed}: {preset_of(start.config)} fine-tuned on {task.name}"
+                      + (f", {note}" if note else ""),
                       "A sequence classifier fine-tuned with m2bert-glue (the GLUE driver).", training,
                       "AutoModelForSequenceClassification", evals, labels)
 

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import statistics
+import textwrap
 from decimal import ROUND_HALF_UP, Decimal
 from importlib import resources
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from m2bert.atomic import atomic_write_json
+from m2bert.atomic import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,51 @@ def load_published(path: str | os.PathLike[str] | None, model_size: str) -> dict
 
 
 
+def published_mean(published: dict[str, float] | None, tasks: list[str]) -> float | None:
+    """The published mean over ``tasks`` (the tasks this run averaged), to stand beside ours: the paper's own
+    average when all eight ran, else the mean of its per-task values, None if one of them is not published."""
+    if not published or not tasks:
+        return None
+    if set(tasks) == set(GLUE_AVERAGE_TASKS) and published.get("average") is not None:
+        return published["average"]
+    values = [published.get(t) for t in tasks]
+    return statistics.fmean(values) if all(v is not None for v in values) else None  # type: ignore[arg-type]
+
+
+def subsets_note(settings: dict[str, Any] | None) -> str:
+    """``on subsets (train 256 rows, dev 128 rows per task)``, or "" for a run on the full sets."""
+    settings = settings or {}
+    parts = [f"{name} {settings[key]} rows" for key, name in (("train_subset", "train"), ("eval_subset", "dev"))
+             if settings.get(key)]
+    return f"on subsets ({', '.join(parts)} per task)" if parts else ""
+
+
+def settings_block(settings: dict[str, Any] | None) -> str:
+    """What the run was (start model, recipe, duration, subsets, seeds): the lines under the results' title."""
+    if not settings:
+        return ""
+
+    def show(value: Any, none: str) -> str:
+        if isinstance(value, dict):
+            return "; ".join(f"{k} {show(v, none)}" for k, v in value.items())
+        if isinstance(value, list):
+            return ", ".join(str(v) for v in value)
+        return none if value is None else str(value)
+
+    rows = [("start model", f"{settings.get('start_model')} ({settings.get('start_kind')}: {settings.get('start')})"),
+            ("recipe", f"glue.model_size={settings.get('recipe')}"),
+            ("max_duration", show(settings.get("max_duration"), "the recipe's")),
+            ("train_subset", show(settings.get("train_subset"), "null (full training sets)")),
+            ("eval_subset", show(settings.get("eval_subset"), "null (full dev sets)")),
+            ("seeds", show(settings.get("seeds"), "–"))]
+    return "\n".join(f"- {name}: {value}" for name, value in rows)
+
+
+def results_title(label: str, settings: dict[str, Any] | None) -> str:
+    note = subsets_note(settings)
+    return f"GLUE dev results: {label}" + (f", {note}" if note else "")
+
+
 def _mnli_cell(agg: dict[str, Any]) -> str:
     t = agg["tasks"].get("mnli")
     if t is None:
@@ -142,12 +188,14 @@ def markdown_table(agg: dict[str, Any], published: dict[str, float] | None, labe
                     pub.append(f"{fmt(published.get('mnli_m'))} / {fmt(published.get('mnli_mm'))}")
                 else:
                     pub.append(fmt(published.get(key)))
-            rows.append(pub + [fmt(published.get("average"))])
+            rows.append(pub + [fmt(published_mean(published, agg["glue_average_tasks"]))])
         text = "\n".join(_row_table(header, rows))
         missing = [c[2] for c in PAPER_COLUMNS if c[0] not in agg["tasks"]]
         if missing:
             text += (f"\n\nNot run: {', '.join(missing)}; the GLUE average is over the "
-                     f"{len(agg['glue_average_tasks'])} tasks run.")
+                     f"{len(agg['glue_average_tasks'])} tasks run")
+            text += (f", and so is the published one beside it (the paper's over all eight: "
+                     f"{fmt(published.get('average'))})." if published else ".")
         if agg.get("glue_average_excluded"):
             text += f"\n\nLeft out of the GLUE average (non-finite score): {', '.join(agg['glue_average_excluded'])}."
         blocks.append(text)
@@ -213,20 +261,26 @@ def grouped_bars(ax: Any, groups: list[str], series: list[tuple[str, list[float 
         ax.set_ylim(low - pad if low < 0 else max(0.0, low - pad), high + pad)
 
 
-def bar_chart(path: str, agg: dict[str, Any], published: dict[str, float] | None, label: str) -> str:
-    """Bars per task: this run's score (mean, error bar = std over seeds) beside the published value."""
+def bar_chart(path: str, agg: dict[str, Any], published: dict[str, float] | None, label: str,
+              settings: dict[str, Any] | None = None) -> str:
+    """Bars per task: this run's score (mean, error bar = std over seeds) beside the published value; the average
+    bars compare like with like (both over the tasks this run averaged). The title says what the run was."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from m2bert.train.loss_chart import save_png
 
     tasks = list(agg["tasks"])
     ours: list[float | None] = [agg["tasks"][t]["score"]["mean"] for t in tasks]
     err = [agg["tasks"][t]["score"]["std"] for t in tasks]
     pub = [(published or {}).get(t) for t in tasks]
     if agg["glue_average"] is not None:
-        tasks, ours, err = tasks + ["GLUE avg"], ours + [agg["glue_average"]], err + [0.0]
-        pub = pub + [(published or {}).get("average")]
+        n = len(agg["glue_average_tasks"])
+        average = "GLUE avg" if n == len(GLUE_AVERAGE_TASKS) else f"GLUE avg ({n} task{'s' * (n > 1)})"
+        tasks, ours, err = tasks + [average], ours + [agg["glue_average"]], err + [0.0]
+        pub = pub + [published_mean(published, agg["glue_average_tasks"])]
     names = {task: header.split(" ")[0] for task, _, header in PAPER_COLUMNS} | {"wnli": "WNLI"}
     series: list[tuple[str, list[float | None], list[float] | None]] = [(label, ours, err)]
     if any(p is not None for p in pub):
@@ -235,16 +289,24 @@ def bar_chart(path: str, agg: dict[str, Any], published: dict[str, float] | None
     grouped_bars(ax, [names.get(t, t) for t in tasks], series)
     ax.set_ylabel("task score ×100 (the paper's metric set)")
     glue_shown = any(t in GLUE_AVERAGE_TASKS for t in agg["tasks"])
-    ax.set_title("GLUE dev" if glue_shown else "Fine-tuning tasks (dev)")
+    title = ("GLUE dev" if glue_shown else "Fine-tuning tasks (dev)") + f": {label}"
+    if settings:
+        duration = settings.get("max_duration")
+        facts = [str(settings.get("start_model"))] + ([f"max_duration {duration}"] if isinstance(duration, str) else [])
+        note = subsets_note(settings)
+        title += "\n" + textwrap.fill(", ".join(facts + ([note] if note else [])), width=int(fig.get_figwidth() * 11))
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_png(fig, path)
     plt.close(fig)
     return path
 
 
 def write_results(run_dir: str, jobs: list[dict[str, Any]], model_size: str, label: str,
-                  published_path: str | None = None, plot: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """results.json, results.csv, results.md (+ glue.png); returns the results dict with the table and paths."""
+                  published_path: str | None = None, plot: bool = True, extra: dict[str, Any] | None = None,
+                  settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """results.json, results.csv, results.md (+ glue.png); returns the results dict with the table and paths.
+    ``settings`` (start model, max_duration, subsets, seeds: ``driver.run_settings``) head each of them."""
     agg = aggregate(jobs)
     published = load_published(published_path, model_size)
     table = markdown_table(agg, published, label, model_size)
@@ -252,11 +314,15 @@ def write_results(run_dir: str, jobs: list[dict[str, Any]], model_size: str, lab
              "markdown": os.path.join(run_dir, "results.md")}
     os.makedirs(run_dir, exist_ok=True)
     if plot:
-        paths["chart"] = bar_chart(os.path.join(run_dir, "glue.png"), agg, published, label)
-    results = {**(extra or {}), "model_size": model_size, "label": label, "jobs": jobs, **agg,
-               "published": published, "table": table, "paths": paths}
+        paths["chart"] = bar_chart(os.path.join(run_dir, "glue.png"), agg, published, label, settings)
+    results = {**(extra or {}), "model_size": model_size, "label": label, "settings": settings, "jobs": jobs, **agg,
+               "published": published,
+               "published_average_same_tasks": published_mean(published, agg["glue_average_tasks"]),
+               "table": table, "paths": paths}
     write_csv(paths["csv"], jobs, agg)
-    Path(paths["markdown"]).write_text(f"# GLUE dev results: {label}\n\n{table}")
+    block = settings_block(settings)
+    atomic_write_text(paths["markdown"], f"# {results_title(label, settings)}\n\n" + (f"{block}\n\n" if block else "")
+                      + table)
     atomic_write_json(paths["json"], results)
     return results
 
@@ -322,5 +388,5 @@ class SweepReportCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         report = sweep_report(str(config.hydra.sweep.dir))
         if report:
-            log.info("sweep report (%s):\n%s", report["paths"]["markdown"], report["table"])
-            print(report["table"])  # the CLI's final output, like the results table of a single run
+            log.info("sweep report: %s", report["paths"]["markdown"])
+            print(report["table"])  # the CLI's final output (once), like the results table of a single run

@@ -217,6 +217,21 @@ def resolve_start_config(spec: StartConfig) -> Start:
     return resolve_start(spec.kind, spec.path, spec.config, spec.tokenizer, trust=spec.trust_checkpoint)
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def not_an_hf_directory(path: str) -> str:
+    """Why ``start.path`` is no HF directory, naming the kind it looks like: a ``.pt`` file is a checkpoint (ours
+    Composer's, or an original M2 one, which was trained with Composer too)."""
+    if os.path.isfile(path) and path.endswith(CHECKPOINT_SUFFIXES):
+        return (f"start.path={path} is a checkpoint file, but start.kind=hf expects a Hugging Face directory: for "
+                f"a checkpoint of m2bert-pretrain add start.kind=composer (an original M2 checkpoint: "
+                f"start.kind=original start.config=<its config.json>)")
+    if os.path.isfile(path):
+        return f"start.path={path} is a file, but start.kind=hf expects a Hugging Face directory (config.json, weights)"
+    return f"start: Hugging Face directory {path} does not exist"
+
+
 def resolve_start(kind: str, path: str, config: str | None = None, tokenizer: str | None = None,
                   trust: bool = False) -> Start:
     """Find and read everything a start needs; any problem is a ConfigError naming the file."""
@@ -232,7 +247,7 @@ def resolve_start(kind: str, path: str, config: str | None = None, tokenizer: st
         path = str(object_store.cached_folder(path, "start.path"))
     if kind == "hf":
         if not os.path.isdir(path):
-            raise ConfigError(f"start: Hugging Face directory {path} does not exist")
+            raise ConfigError(not_an_hf_directory(path))
         model_config = _hf_config(config or path)
         tok = tokenizer or (path if _has_tokenizer(path) else None)
         state = _hf_state(path)

@@ -9,6 +9,7 @@ from m2bert.model.modeling import (
     M2BertPreTrainedModel,
     M2MaskedLMOutput,
 )
+from m2bert.auto import register
 from m2bert.model.param_groups import param_groups
 
 __all__ = [
@@ -21,3 +22,6 @@ __all__ = [
     "M2MaskedLMOutput",
     "param_groups",
 ]
+
+# Our Auto* registration follows the model's import (m2bert.auto: it may have waited for this module).
+register()

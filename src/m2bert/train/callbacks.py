@@ -38,6 +38,57 @@ class EvalHistory(Callback):
         })
 
 
+class TrainLossHistory(Callback):
+    """The training loss (Composer's ``loss/train/total``, already a float on the host) at up to ``points`` evenly
+    spaced batches, for the loss chart (``loss.png``)."""
+
+    def __init__(self, points: int = 1000) -> None:
+        self.points = points
+        self.every = 1
+        self.records: list[dict[str, Any]] = []
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        from composer.core import TimeUnit
+
+        if state.max_duration is not None and state.max_duration.unit == TimeUnit.BATCH:
+            self.every = max(1, int(state.max_duration.value) // self.points)
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        batch = int(state.timestamp.batch)
+        loss = (getattr(state, "total_loss_dict", None) or {}).get("loss/train/total")
+        if loss is not None and batch % self.every == 0:
+            self.records.append({"batch": batch, "samples": int(state.timestamp.sample), "loss": float(loss)})
+
+
+class ProgressLine(Callback):
+    """One log line per ``interval`` (a Composer time string in ba or ep): ``name: batch 50 of 3ep, train loss
+    0.6931``. What a short fine-tuning job shows instead of Composer's console logger, which prints
+    the whole config and a line per metric at every log point."""
+
+    def __init__(self, name: str, interval: str) -> None:
+        from composer.core import Time
+
+        self.name = name
+        self.interval = Time.from_timestring(interval)
+
+    def _line(self, state: State) -> None:
+        loss = (getattr(state, "total_loss_dict", None) or {}).get("loss/train/total")
+        log.info("%s: batch %d of %s%s", self.name, int(state.timestamp.batch), state.max_duration,
+                 f", train loss {loss:.4f}" if loss is not None else "")
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        from composer.core import TimeUnit
+
+        if self.interval.unit == TimeUnit.BATCH and int(state.timestamp.batch) % int(self.interval.value) == 0:
+            self._line(state)
+
+    def epoch_end(self, state: State, logger: Logger) -> None:
+        from composer.core import TimeUnit
+
+        if self.interval.unit == TimeUnit.EPOCH and int(state.timestamp.epoch) % int(self.interval.value) == 0:
+            self._line(state)
+
+
 class ResumableRNG(Callback):
     """Restores every rank's RNG state when a run resumes mid-epoch.
 

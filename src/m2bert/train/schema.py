@@ -118,7 +118,7 @@ class PretrainConfig:
     # After training: held-out loss with full rows vs 8-token windows vs right context hidden, on this many eval
     # rows (m2bert.train.context_use); 0 = skip.
     context_eval_rows: int = 64
-    progress_bar: bool = False
+    progress_bar: Optional[bool] = None  # null: Composer's progress bar (with ETA) when stderr is a terminal
     console_log_interval: str = "100ba"
     device: str = "auto"  # auto | cpu | gpu
 
