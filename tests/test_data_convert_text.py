@@ -55,12 +55,14 @@ def test_held_out_split_is_deterministic(tmp_path):
     assert [i for i, d in enumerate(DOCS) if is_held_out(d)] == [17, 32, 44, 58]
 
 
-def test_jsonl_with_another_text_field_and_given_val(tmp_path, capsys, caplog):
+def test_jsonl_with_another_text_field_and_given_val(tmp_path, capsys):
     (tmp_path / "train.jsonl").write_text("".join(json.dumps({"body": d, "id": i}) + "\n" for i, d in enumerate(DOCS)))
     (tmp_path / "held.jsonl").write_text(json.dumps({"body": "A held-out document."}) + "\n")
     args = ["--source", str(tmp_path / "train.jsonl"), "--out-root", str(tmp_path / "out"), "--no-progress"]
     assert main(args) == 2  # no "text" field: one line naming --text-field
-    assert "record has no 'text' field" in caplog.text and "--text-field" in caplog.text
+    err = capsys.readouterr().err
+    assert err.startswith("m2bert-convert-text: error: ") and err.count("\n") == 1, err
+    assert "record has no 'text' field" in err and "--text-field" in err
     assert main([*args, "--text-field", "body", "--val-source", str(tmp_path / "held.jsonl")]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["held_out"].startswith("given: ")

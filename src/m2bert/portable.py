@@ -85,6 +85,15 @@ def seq_mixer_fits(seqlen: int) -> bool:
 
 kernel_switch = sys.modules[__name__]
 '''
+# m2bert.auto registers the installed classes with transformers' Auto* factories; in the portable code
+# config.json's auto_map names the classes instead, so its stand-in registers nothing.
+AUTO = "m2bert.auto"
+AUTO_SOURCE = '''"""The portable code's stand-in for m2bert.auto: config.json's auto_map names the classes."""
+
+
+def register_if_pending() -> None:
+    return None
+'''
 ENTRY = "modeling_m2bert.py"  # the module transformers loads first (auto_map), and the files it copies with it
 ALLOWED_PACKAGES = frozenset({"torch", "transformers"})  # besides the standard library
 AUTO_MAP = {
@@ -131,6 +140,8 @@ def _import_text(node: ast.ImportFrom) -> str | None:
     names = ", ".join(a.name + (f" as {a.asname}" if a.asname else "") for a in node.names)
     if node.module in MODULES:
         return f"from .{MODULES[node.module]} import {names}"
+    if node.module == AUTO:
+        return f"from .auto import {names}"
     if [f"{node.module}.{a.name}" for a in node.names] == [KERNEL_SWITCH]:
         alias = node.names[0].asname
         return "from .kernel_switch import kernel_switch" + (f" as {alias}" if alias else "")
@@ -205,7 +216,7 @@ def _import_every_file(files: dict[str, str]) -> str:
 def portable_files() -> dict[str, str]:
     """File name → text of the portable code; checked to import only each other, torch, transformers and the
     standard library, and never to call a function it left out."""
-    files = {"kernel_switch.py": KERNEL_SWITCH_SOURCE}
+    files = {"kernel_switch.py": KERNEL_SWITCH_SOURCE, "auto.py": AUTO_SOURCE}
     dropped: dict[str, str] = {}
     for module, name in MODULES.items():
         files[f"{name}.py"], left_out = portable_source(module)
