@@ -32,9 +32,12 @@ def best_per_task(study: dict, sweeps: Path, model: str) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--study", type=Path, default=Path("bench/results/quality_study.json"))
-    p.add_argument("--sweeps", type=Path, default=Path("bench/results/quality_glue_lr"))
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--study", type=Path, default=Path("bench/results/quality_study.json"),
+                   help="the quality study's JSON (every task at the shared lr)")
+    p.add_argument("--sweeps", type=Path, default=Path("bench/results/quality_glue_lr"),
+                   help="bench/glue_lr_check.sh's reports (<model>_<tasks>.json); best.{json,md} go here too")
     args = p.parse_args(argv)
     study = json.loads(args.study.read_text())
     models = {m: best_per_task(study, args.sweeps, m) for m in ("m2", "bert")}
