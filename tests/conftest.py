@@ -1,8 +1,10 @@
 """Shared fixtures. Tests that need ../shared skip with a clear reason when it is absent."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -201,3 +203,11 @@ def s3_keys(prefix: str) -> list[str]:
     bucket, _, key = prefix.partition("/")
     pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def load_bench(name: str) -> ModuleType:
+    """``bench/<name>.py`` as a module (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

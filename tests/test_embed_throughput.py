@@ -3,22 +3,18 @@ same embeddings (the padding-invariance the benchmark's speed-up rests on), and 
 the token budget of one padded batch. Speed itself is measured by the benchmark, not here."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import shared_path
+from tests.conftest import load_bench, shared_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_embed_throughput", ROOT / "bench" / "embed_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("embed_throughput")
 
 
 def test_bucketed_batches_sort_and_fit_the_budget():

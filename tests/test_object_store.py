@@ -4,8 +4,6 @@ from an export in it, and one line naming the URL when the store is wrong or dow
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +16,7 @@ from safetensors.torch import load_file
 from m2bert import object_store
 from m2bert.options import ConfigError
 from tests.conftest import compose_pretrain, s3_client, s3_keys, tiny_pretrain_overrides
-from tests.test_pretrain import _cli, _finish
+from tests.test_pretrain import _cli, _finish, _kill_when
 
 
 @pytest.fixture(scope="module")
@@ -120,13 +118,7 @@ def test_store_data_and_checkpoints_resume_exactly(s3, s3_mds, sample_mds, tmp_p
     _finish(_cli(_store_overrides(sample_mds, s3_mds, tmp_path, "straight") + common))
     args = _store_overrides(sample_mds, s3_mds, tmp_path, "resumed") + common + ["autoresume=true", f"save_folder={saves}"]
     proc = _cli(args, start_new_session=True)
-    deadline = time.time() + 300
-    while not any("ep0-ba4" in k for k in s3_keys(f"{s3['bucket']}/runs/resumed/checkpoints/")) \
-            and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    os.killpg(proc.pid, signal.SIGKILL)  # a hard stop, as a preempted node
-    proc.communicate()
+    _kill_when(proc, lambda: any("ep0-ba4" in k for k in s3_keys(f"{s3['bucket']}/runs/resumed/checkpoints/")), 0.2)
     assert not (tmp_path / "resumed" / "summary.json").exists()
     out = _finish(_cli(args))
     assert "loading s3://" in out and "(verified" in out, out[-3000:]

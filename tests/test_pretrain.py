@@ -113,6 +113,16 @@ def _finish(proc: subprocess.Popen, timeout: int = 600) -> str:
     return out
 
 
+def _kill_when(proc: subprocess.Popen, ready, interval: float) -> None:
+    """kill -9 the run's process group as soon as ``ready()`` (a checkpoint is saved), as a preempted node."""
+    deadline = time.time() + 300
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(interval)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+
+
 def test_two_processes_match_one(sample_mds, tmp_path):
     """Same global batch (16) on 1 and 2 gloo processes: the same samples and masks per step.
 
@@ -145,12 +155,7 @@ def test_autoresume_continues_exactly(sample_mds, tmp_path):
     args = tiny_pretrain_overrides(sample_mds, tmp_path, "resumed") + common + ["autoresume=true"]
     proc = _cli(args, start_new_session=True)
     latest = tmp_path / "resumed" / "checkpoints" / "latest-rank0.pt"
-    deadline = time.time() + 300
-    while not latest.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    os.killpg(proc.pid, signal.SIGKILL)  # a hard stop, as a preempted node
-    proc.communicate()
+    _kill_when(proc, latest.exists, 0.05)
     assert not (tmp_path / "resumed" / "summary.json").exists()
     out = _finish(_cli(args))
     assert "Resuming" in out or "resum" in out.lower()

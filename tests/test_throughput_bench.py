@@ -3,20 +3,18 @@ fp32 and under bf16 autocast, each model's best setting is named, the ratio is M
 and beyond ModernBERT's positions M2 runs alone (the row says so). Speed itself is measured by the benchmark."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_bench
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_throughput", ROOT / "bench" / "throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("throughput")
 
 
 def test_quick_modernbert_side_by_side_and_m2_alone_beyond_its_positions(tmp_path, capsys):
