@@ -25,7 +25,6 @@ leave out (``from_original_checkpoint``, options' Hydra helpers), and then nothi
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import importlib.util
 import json
@@ -45,6 +44,7 @@ log = logging.getLogger(__name__)
 MODULES: dict[str, str] = {
     "m2bert.options": "options",
     "m2bert.config": "configuration_m2bert",
+    "m2bert.model.dropout": "dropout",
     "m2bert.model.monarch": "monarch",
     "m2bert.model.long_conv": "long_conv",
     "m2bert.model.implicit_filter": "implicit_filter",

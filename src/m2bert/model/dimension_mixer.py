@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from m2bert.config import M2BertConfig
 from m2bert.model import kernel_switch
+from m2bert.model.dropout import Dropout
 from m2bert.model.monarch import BlockdiagLinear, monarch_glu
 
 
@@ -31,7 +32,7 @@ class MonarchMLP(nn.Module):
             linear = nn.Linear  # type: ignore[assignment]
         self.gated_layers = linear(h, 2 * i if self.glu else i, bias=False)
         self.wo = linear(i, h)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from m2bert.config import M2BertConfig
+from m2bert.model.dropout import Dropout
 
 
 class M2BertEmbeddings(nn.Module):
@@ -17,7 +18,7 @@ class M2BertEmbeddings(nn.Module):
         )
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, h)
         self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         seqlen = input_ids.shape[1]

@@ -11,6 +11,7 @@ from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
 from m2bert.config import M2BertConfig
+from m2bert.model.dropout import Dropout
 from m2bert.model.pooling import pool
 
 
@@ -77,7 +78,7 @@ class ClassificationHead(nn.Module):
         self.pooling = config.pooling
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

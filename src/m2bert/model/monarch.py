@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from m2bert.model.dropout import dropout as apply_dropout
+
 
 def blockdiag_multiply(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """y = x @ blockdiag(W_1, ..., W_k)^T.
@@ -53,7 +55,7 @@ def monarch_glu(
         return _monarch_glu_inference(x, w_in, w_out, b_out)
     xb = x.reshape(-1, k, p).transpose(0, 1)  # (k, N, p)
     gate, value = torch.bmm(xb, w_in.transpose(1, 2)).chunk(2, dim=0)  # (k/2, N, q) each
-    act = F.dropout(F.gelu(gate) * value, dropout, training)  # features [i·q, (i+1)·q) of the I-wide input
+    act = apply_dropout(F.gelu(gate) * value, dropout, training)  # features [i·q, (i+1)·q) of the I-wide input
     n = act.shape[1]
     # wo's input blocks (width p_out) are consecutive pieces of the activation blocks.
     act_blocks = act.reshape(k // 2, n, q // p_out, p_out).transpose(1, 2).reshape(k, n, p_out)
