@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from m2bert.machine import cpu_flags, cpu_name
 from m2bert import cli_help
 
 log = logging.getLogger("bench.embed_throughput")
@@ -180,7 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "benchmark": "embed_throughput",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "machine": {"platform": platform.platform(), "processor": cpu_name(), "cpu_flags": cpu_flags(),
                     "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__},
         "command": "python bench/embed_throughput.py " + " ".join(args.argv),
         "corpus": args.corpus,

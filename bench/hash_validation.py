@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from m2bert.machine import cpu_name
 from m2bert import cli_help
 from m2bert.paths import shared_dir
 
@@ -119,13 +120,7 @@ def _machine() -> dict[str, Any]:
     import streaming
     import xxhash
 
-    model = platform.processor() or platform.machine()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"platform": platform.platform(), "processor": model, "cpus": os.cpu_count(),
+    return {"platform": platform.platform(), "processor": cpu_name(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "streaming": streaming.__version__, "xxhash": xxhash.VERSION}
 
 

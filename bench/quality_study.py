@@ -37,6 +37,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+from m2bert.machine import cpu_name
 from m2bert.atomic import atomic_write_json
 from m2bert.data.held_out import HELD_OUT_EVERY, is_held_out
 from m2bert.paths import shared_dir
@@ -276,12 +277,7 @@ def lr_probe(args: argparse.Namespace, mds: dict[str, Path], vocab: Path, work: 
 def machine() -> dict[str, Any]:
     import torch
 
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
 
 

@@ -22,14 +22,15 @@ import json
 import logging
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from m2bert.machine import cpu_flags, cpu_name
 from m2bert import cli_help
 
 log = logging.getLogger("bench.throughput")
@@ -184,9 +185,7 @@ def peak_rss_child(args: argparse.Namespace, side: str, length: int, setting: st
 
 
 def rss_child(args: argparse.Namespace) -> dict[str, float]:
-    """What ``peak_rss_child`` runs in the fresh process: build, one call, report ``ru_maxrss``."""
-    import resource
-
+    """What ``peak_rss_child`` runs in the fresh process: build, one call, report the peak resident memory."""
     length = args.lengths[0]
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     vocab = M2_VOCAB
@@ -200,7 +199,19 @@ def rss_child(args: argparse.Namespace) -> dict[str, float]:
         model = build_reference(args, length, vocab, dtype)
     with torch.inference_mode():
         prepared(model, args.rss_setting, batch, length, vocab, args.device, embed=args.rss_embed)()
-    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory: ``VmHWM``, which starts afresh at exec. Not ``ru_maxrss``: Linux
+    carries the forking parent's high-water mark into the exec'd child's, so a child forked from a process that
+    held both models reported that process's peak for either model."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource  # not Linux: the best there is
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 M2_VOCAB = 30528  # the M2 presets' vocabulary (bert-base-uncased's 30522, rounded up to a multiple of 8)
@@ -233,7 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ref: ref_desc,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_name(),
         "cpu_flags": cpu_flags(),
         "warmup": args.warmup,
         "long_from": args.long_from,
@@ -300,15 +311,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["lengths"][str(length)] = row
         log.info("L=%d %s", length, row)
     return results
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's reduced-precision matrix features (bf16 autocast is fast only where they are)."""
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return []
-    return sorted(f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from m2bert.machine import cpu_flags, cpu_name
 from m2bert import cli_help
 from m2bert.train.builders import build_mlm_model, build_optimizer
 from m2bert.train.composer_models import ComposerMLM
@@ -112,7 +112,7 @@ def main() -> None:
         "benchmark": "training tokens/s (fwd+bwd+DecoupledAdamW step), MLM 30% masking, fp32",
         "optimizer": f"{type(opt).__module__}.{type(opt).__name__}",  # build_optimizer's, as pretraining uses
         "date": time.strftime("%Y-%m-%d %H:%M %Z"), "command": "python bench/train_throughput.py " + " ".join(sys.argv[1:]),
-        "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+        "machine": cpu_name(), "cpu_flags": cpu_flags(), "cpus": os.cpu_count(), "torch": torch.__version__,
         "device": "cpu", "threads": torch.get_num_threads(), "batch": args.batch, "length": args.length,
         "m2": args.m2, "bert": args.bert, "steps": args.steps, "warmup": args.warmup,
         **{f"{name}_tokens_per_s": round(v, 1) for name, v in tps.items()},
