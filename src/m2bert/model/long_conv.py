@@ -89,17 +89,21 @@ def conv_spectrum(k_fwd: torch.Tensor, k_rev: torch.Tensor | None, seqlen: int, 
 
 
 def apply_long_conv(u: torch.Tensor, spectrum: torch.Tensor, bias: torch.Tensor, impl: str = "fft") -> torch.Tensor:
-    """Convolve u (B, L, H) with filters given by :func:`conv_spectrum`, plus the skip ``bias·u``."""
+    """Convolve u (B, L, H) with filters given by :func:`conv_spectrum`, plus the skip ``bias·u``.
+
+    In fp32 whatever u's dtype, returned in u's dtype, as the original's ``fftconv`` does under autocast (the skip
+    term added before the cast, and the result does not silently widen a bf16 layer to fp32)."""
     impl = resolve_impl(impl, u.shape[1], u.device)
-    if impl == "fft":
-        y = _fft_conv(u, spectrum)
-    elif impl == "monarch":
-        y = _monarch_conv(u, spectrum)
+    u32 = u.float()
+    if impl == "fft":  # a fresh contiguous output: the skip term is added in place
+        return _FFTConv.apply(u32, spectrum).addcmul_(u32, bias).to(u.dtype)
+    if impl == "monarch":
+        y = _monarch_conv(u32, spectrum)
     elif impl == "direct":
-        y = torch.einsum("tsh,bsh->bth", spectrum.to(u.dtype), u)
+        y = torch.einsum("tsh,bsh->bth", spectrum.float(), u32)
     else:
         raise ValueError(f"unknown long_conv_impl {impl!r}; choose fft, monarch, direct or auto")
-    return torch.addcmul(y, u, bias)  # + bias·u in the same pass
+    return torch.addcmul(y, u32, bias).to(u.dtype)  # + bias·u in the same pass
 
 
 def long_conv(
@@ -111,10 +115,6 @@ def long_conv(
 ) -> torch.Tensor:
     """Apply the long convolution to u (B, L, H) with filters (L, H) and skip weight (H,)."""
     return apply_long_conv(u, conv_spectrum(k_fwd, k_rev, u.shape[1], impl), bias, impl)
-
-
-def _fft_conv(u: torch.Tensor, k_f: torch.Tensor) -> torch.Tensor:
-    return _FFTConv.apply(u.float(), k_f).to(u.dtype)
 
 
 class _FFTConv(torch.autograd.Function):
@@ -188,7 +188,6 @@ def _padded_transpose(x: torch.Tensor, n: int) -> torch.Tensor:
 def _monarch_conv(u: torch.Tensor, k_f: torch.Tensor) -> torch.Tensor:
     seqlen, n = u.shape[1], k_f.shape[0]
     factors = monarch_factors(n)
-    u_pad = torch.nn.functional.pad(u.float(), (0, 0, 0, n - seqlen))
+    u_pad = torch.nn.functional.pad(u, (0, 0, 0, n - seqlen))
     u_f = monarch_dft(u_pad, factors, dim=1)
-    y = monarch_idft(u_f * k_f, factors, dim=1).real[:, :seqlen]  # lands in natural order
-    return y.to(u.dtype)
+    return monarch_idft(u_f * k_f, factors, dim=1).real[:, :seqlen]  # lands in natural order

@@ -23,6 +23,10 @@ class _CausalShortConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        # In x's dtype, as autocast runs the original's Conv1d: fp32 weights against a bf16 x would widen every
+        # product (and convert x once per tap); the gradients return in the parameters' dtypes.
+        ctx.dtypes = (w.dtype, bias.dtype)
+        w, bias = w.to(x.dtype), bias.to(x.dtype)
         ctx.save_for_backward(x, w)
         y = torch.addcmul(bias, x, w[:, 2])
         y[:, 1:].addcmul_(x[:, :-1], w[:, 1])
@@ -38,14 +42,15 @@ class _CausalShortConv(torch.autograd.Function):
             gx[:, :-1].addcmul_(gy[:, 1:], w[:, 1])
             gx[:, :-2].addcmul_(gy[:, 2:], w[:, 0])
         if ctx.needs_input_grad[1]:
-            c = x.shape[-1]
+            c, acc = x.shape[-1], torch.promote_types(x.dtype, torch.float32)  # sums at least in fp32
             gw = torch.stack([
-                (gy[:, 2:] * x[:, :-2]).reshape(-1, c).sum(0),
-                (gy[:, 1:] * x[:, :-1]).reshape(-1, c).sum(0),
-                (gy * x).reshape(-1, c).sum(0),
-            ], dim=-1)
+                (gy[:, 2:] * x[:, :-2]).reshape(-1, c).sum(0, dtype=acc),
+                (gy[:, 1:] * x[:, :-1]).reshape(-1, c).sum(0, dtype=acc),
+                (gy * x).reshape(-1, c).sum(0, dtype=acc),
+            ], dim=-1).to(ctx.dtypes[0])
         if ctx.needs_input_grad[2]:
-            gb = gy.reshape(-1, gy.shape[-1]).sum(0)
+            gb = gy.reshape(-1, gy.shape[-1]).sum(0, dtype=torch.promote_types(gy.dtype, torch.float32))
+            gb = gb.to(ctx.dtypes[1])
         return gx, gw, gb
 
 
