@@ -236,3 +236,24 @@ def test_truncation_is_counted_and_logged_once(caplog) -> None:
     assert caplog.messages == ["2 of 3 documents longer than 20 tokens were cut (their median 70 tokens, max 100; 69% "
                                "of the documents' tokens dropped); raise retrieval.max_seq_length (up to 128, this "
                                "model's length) to keep them"]
+
+
+def test_bf16_evaluation_runs_under_autocast_and_agrees(tiny_hf, small_set) -> None:
+    """precision=bf16 embeds the evaluation under bf16 autocast too (not only the training steps): the encoder's
+    forward sees autocast on, and the scores stay close to fp32's."""
+    import torch
+
+    from m2bert.embeddings.retrieval import evaluate
+    from m2bert.embeddings.retrieval_data import read_retrieval_set
+    from m2bert.embeddings.sentence_transformers import build_sentence_transformer
+
+    rs = read_retrieval_set(small_set)
+    model = build_sentence_transformer(tiny_hf, max_seq_length=128, device="cpu")
+    seen = []
+    model[0].auto_model.embeddings.register_forward_pre_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    queries = {q: rs.queries[q] for q in rs.test_qrels}
+    relevant = {q: {d} for q, d in rs.test_qrels.items()}
+    scores = {bf16: evaluate(model, queries, rs.corpus, relevant, 16, bf16) for bf16 in (False, True)}
+    assert True in seen and False in seen and seen.index(True) > seen.index(False)
+    assert set(seen[seen.index(True):]) == {True}
+    assert abs(scores[True]["ndcg@10"] - scores[False]["ndcg@10"]) < 0.05

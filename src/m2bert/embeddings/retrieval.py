@@ -158,15 +158,18 @@ def report_truncation(tokenizer: Any, texts: dict[str, list[str]], max_seq_lengt
 
 
 def evaluate(model: Any, queries: dict[str, str], corpus: dict[str, str], relevant: dict[str, set[str]],
-             batch_size: int) -> dict[str, float]:
-    """nDCG@10, MRR@10, MAP@100, recall@k and accuracy@k (cosine similarity), keys without the evaluator's prefix."""
+             batch_size: int, bf16: bool = False) -> dict[str, float]:
+    """nDCG@10, MRR@10, MAP@100, recall@k and accuracy@k (cosine similarity), keys without the evaluator's prefix;
+    ``bf16``: the embeddings under bf16 autocast, as the run trains (``precision``)."""
+    import torch
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
     evaluator = InformationRetrievalEvaluator(
         queries, corpus, relevant, mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=CUTOFFS,
         precision_recall_at_k=CUTOFFS, map_at_k=[100], batch_size=batch_size, name="retrieval", write_csv=False,
         show_progress_bar=False)
-    scores = evaluator(model)
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+        scores = evaluator(model)
     return {k.split("retrieval_cosine_", 1)[-1]: float(v) for k, v in scores.items() if "cosine_" in k}
 
 
@@ -228,7 +231,7 @@ def finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     cut = report_truncation(model.tokenizer, {"documents": list(corpus.values()),
                                               "queries": train_queries + list(queries.values())},
                             r.max_seq_length, max_input_length(model[0].auto_model.config))
-    before = evaluate(model, queries, corpus, relevant, r.eval_batch_size) if cfg.eval_before else None
+    before = evaluate(model, queries, corpus, relevant, r.eval_batch_size, bf16) if cfg.eval_before else None
     if before:
         log.info("before: nDCG@10 %.4f  MRR@10 %.4f  recall@10 %.4f", before["ndcg@10"], before["mrr@10"],
                  before["recall@10"])
@@ -253,7 +256,7 @@ def finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     output = trainer.train()
     seconds = time.perf_counter() - t0
     model.eval()
-    after = evaluate(model, queries, corpus, relevant, r.eval_batch_size)
+    after = evaluate(model, queries, corpus, relevant, r.eval_batch_size, bf16)
     log.info("after:  nDCG@10 %.4f  MRR@10 %.4f  recall@10 %.4f", after["ndcg@10"], after["mrr@10"],
              after["recall@10"])
     export = save_sentence_transformer(model.to(torch.float32), run_dir / "model")

@@ -67,7 +67,7 @@ class RetrievalConfig:
     run_root: str = "runs"
     seed: int = 42                         # the original's random_state
     device: str = "auto"                   # auto | cpu | cuda
-    precision: str = "auto"                # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = "auto"                # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16: training and evaluation
     offline: bool = True                   # HF_HUB_OFFLINE=1: nothing is fetched from the hub
     eval_before: bool = True               # evaluate the start model too (the "before" of results.json)
     logging_steps: int = 10
