@@ -39,11 +39,12 @@ def _forward_calls(args):
     """(preset, timed forward) for M2 and the reference, built as bench/throughput.py builds them."""
     tp = _bench_module("throughput")
     m2 = tp.build_m2(args.m2, args.length, "cpu", torch.float32, "auto")
+    vocab = m2.config.vocab_size
     if args.reference.startswith("modernbert"):
-        ref = tp.build_modernbert(args.reference, tp.M2_VOCAB, "cpu", torch.float32, "sdpa")
+        ref = tp.build_modernbert(args.reference, vocab, "cpu", torch.float32, "sdpa")
     else:
-        ref = tp.build_bert(args.reference, args.length, tp.M2_VOCAB, "cpu", torch.float32, "sdpa")
-    return [(preset, tp.forward_call(model, args.batch, args.length, tp.M2_VOCAB, "cpu", bf16=args.bf16))
+        ref = tp.build_bert(args.reference, args.length, vocab, "cpu", torch.float32, "sdpa")
+    return [(preset, tp.forward_call(model, args.batch, args.length, vocab, "cpu", bf16=args.bf16))
             for preset, model in ((args.m2, m2), (args.reference, ref))]
 
 

@@ -34,7 +34,7 @@ def forward_rows(name: str, f: dict[str, Any]) -> list[dict[str, Any]]:
     suffix = "" if ref == "bert" else f" vs {REFERENCE_NAMES[ref]}"
     out = []
     for length, r in f["lengths"].items():
-        row = {"what": f"fwd {length}{suffix}", "reference": REFERENCE_NAMES[ref], "source": name, "date": f["date"],
+        row = {"what": f"fwd {length}{suffix}", "reference": REFERENCE_NAMES[ref], "source": name, "date": f["date"], "machine": f.get("machine"),
                "threads": f["threads"], "dtype": f["dtype"], "repeats": f.get("repeats", MIN_REPEATS),
                "m2": r["m2_best"], "m2_tps": r["m2_tok_per_ms"] * 1e3, "m2_rss": r.get("m2_peak_rss_mb"),
                "settings": {k[: -len("_tok_per_ms")]: v * 1e3 for k, v in r.items()
@@ -54,8 +54,9 @@ def rows(results: Path, train: str, forward: list[str]) -> list[dict[str, Any]]:
     """One row per measurement: what, each model's best setting and tokens/s, the ratio and its spread."""
     out = []
     t = json.loads((results / train).read_text())
-    # train_throughput.py measures fp32 only (its JSON says so in "benchmark"); throughput.py records "dtype".
-    out.append({"what": "train 128", "reference": "BERT", "source": train, "date": t["date"], "threads": t["threads"],
+    # Weights are fp32 in both benchmarks ("dtype"); bf16 autocast is a setting ("*_bf16"), named in each row.
+    out.append({"what": "train 128", "reference": "BERT", "source": train, "date": t["date"], "machine": t.get("machine"),
+                "threads": t["threads"],
                 "dtype": "fp32", "repeats": t["steps"], "m2": t["m2_best"], "ref_best": t["bert_best"],
                 "m2_tps": t["m2_tokens_per_s"], "ref_tps": t["bert_tokens_per_s"], "ratio": t["ratio"],
                 "spread": (t["ratio_per_step"]["min"], t["ratio_per_step"]["max"]), "m2_rss": None, "ref_rss": None,
@@ -74,7 +75,18 @@ def setup(table: list[dict[str, Any]], machine: str) -> str:
     def joined(key: str, cut: int | None = None) -> str:
         return " / ".join(sorted({str(r[key])[:cut] for r in table}))
 
-    return f"{machine}, {joined('threads')} threads; {joined('dtype')}; measured {joined('date', 10)}"
+    return f"{machine}, {joined('threads')} threads; weights {joined('dtype')}; measured {joined('date', 10)}"
+
+
+def machine_label(table: list[dict[str, Any]]) -> str:
+    """"CPU: <model>" from the JSONs; ratios measured on different CPUs do not compare, so a mix is named as one
+    (and warned about) rather than hidden behind one label."""
+    names = sorted({str(r.get("machine") or "unrecorded") for r in table})
+    if len(names) > 1:
+        log.warning("the JSONs were measured on different CPUs (%s): rerun bench/speed24.sh on one machine",
+                    "; ".join(names))
+        return "CPUs (MIXED, not comparable): " + "; ".join(names)
+    return f"CPU: {names[0]}"
 
 
 def _num(value: float | None, fmt: str, missing: str = "—") -> str:
@@ -154,7 +166,8 @@ def plot(table: list[dict[str, Any]], machine: str, path: Path) -> Any:
         ax.bar_label(bars, labels=[f"{table[i]['ratio']:.2f}×" for i in idx], label_type="center", color="white",
                      fontsize=9, fontweight="bold")
     ax.errorbar(x, [r["ratio"] for r in table], fmt="none", ecolor="black", capsize=3, label="spread over rounds",
-                yerr=[[r["ratio"] - r["spread"][0] for r in table], [r["spread"][1] - r["ratio"] for r in table]])
+                yerr=[[max(0.0, r["ratio"] - r["spread"][0]) for r in table],
+                      [max(0.0, r["spread"][1] - r["ratio"]) for r in table]])  # best vs best may lie outside
     goals = [GOALS.get(r["what"], float("nan")) for r in table]
     ax.scatter(x, goals, marker="_", s=500, linewidths=2, color="tab:red", label="goal (issues 11 and 24)")
     for i, goal in zip(x, goals):
@@ -178,13 +191,13 @@ def main(argv: list[str] | None = None) -> None:
     p = cli_help.ArgumentParser(__doc__)
     p.add_argument("--results", default="bench/results", help="the folder of the JSONs, where the report goes")
     p.add_argument("--train", default="train_cpu_best.json", help="bench/train_throughput.py's JSON")
-    p.add_argument("--forward", nargs="+", default=["throughput_cpu_best.json", "throughput_cpu_8192_eager.json"],
+    p.add_argument("--forward", nargs="+", default=["throughput_cpu_best.json"],
                    help="bench/throughput.py's JSONs (vs BERT-base)")
     p.add_argument("--modernbert", default="throughput_cpu_modernbert.json",
                    help="bench/throughput.py --reference modernbert's JSON (optional: reported as not measured)")
     p.add_argument("--readme", default=None, help="also write the table into this README between its markers")
-    p.add_argument("--machine", default="CPU: 2-core AMD EPYC (this project's CPU machine)",
-                   help="the machine, as the report names it")
+    p.add_argument("--machine", default=None,
+                   help="the machine, as the report names it (default: the CPU model the JSONs recorded)")
     args = p.parse_args(argv)
     results = Path(args.results)
     for name in [args.train, *args.forward]:
@@ -203,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("%s not found: the report has no ModernBERT rows (bench/speed24.sh measures them)",
                     results / args.modernbert)
     table = rows(results, args.train, forward)
+    if args.machine is None:
+        args.machine = machine_label(table)
     from m2bert.atomic import atomic_write_text
 
     atomic_write_text(results / "speed_cpu.md", markdown(table, args.machine, missing))

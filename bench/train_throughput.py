@@ -4,10 +4,13 @@ Same process, same batch, same MLM objective (30% masking, decoder on masked pos
 as in pretraining), steps alternating between the models after warm-up. Each model runs eager
 and torch.compile'd (inductor, the forward compiled as Composer's ``compile_config`` does; same
 weights and optimizer, so both settings see the same training state); the JSON reports both
-settings, each model's best, and ``ratio`` = best M2 / best BERT.
+settings, each model's best, and ``ratio`` = best M2 / best BERT. ``--precision bf16|best`` adds steps under bf16
+autocast (``*_bf16``; weights, gradients and optimizer in fp32, as Composer's ``amp_bf16``): on a CPU with AMX or
+avx512_bf16 that is a setting users train in.
 
     python bench/train_throughput.py --batch 16 --length 128 --json bench/results/train_cpu.json
     python bench/train_throughput.py --compile false     # eager only (no minutes of compiling)
+    python bench/train_throughput.py --compile m2 --precision best --json bench/results/train_cpu_best.json
 """
 from __future__ import annotations
 
@@ -48,23 +51,25 @@ def mlm_batch(batch: int, length: int) -> dict[str, torch.Tensor]:
             "labels": labels}
 
 
-def train_step(wrapped: ComposerMLM, forward: Any, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> float:
+def train_step(wrapped: ComposerMLM, forward: Any, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+               bf16: bool = False) -> float:
     t0 = time.perf_counter()
-    loss = wrapped.loss(forward(batch), batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = wrapped.loss(forward(batch), batch)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
     return time.perf_counter() - t0
 
 
-def measure(models: dict[str, tuple[ComposerMLM, Any, torch.optim.Optimizer]], batch: dict[str, torch.Tensor],
+def measure(models: dict[str, tuple[ComposerMLM, Any, torch.optim.Optimizer, bool]], batch: dict[str, torch.Tensor],
             steps: int, warmup: int) -> dict[str, list[float]]:
     """Seconds of each timed step per model and setting; steps alternate between them so that all see
     the same machine (on a shared 2-core machine, back-to-back runs differ by ±10%)."""
     times: dict[str, list[float]] = {name: [] for name in models}
     for i in range(warmup + steps):
-        for name, (wrapped, forward, opt) in models.items():
-            t = train_step(wrapped, forward, opt, batch)
+        for name, (wrapped, forward, opt, bf16) in models.items():
+            t = train_step(wrapped, forward, opt, batch, bf16)
             if i == 0 and name.endswith("compiled"):
                 log.info("torch.compile: first step of %s took %.1f s", name, t)
             if i >= warmup:
@@ -77,7 +82,7 @@ def median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = cli_help.ArgumentParser(__doc__)
     p.add_argument("--batch", type=int, default=16, help="sequences per step")
@@ -90,18 +95,23 @@ def main() -> None:
                    help="both: each model eager and compiled, the best of each compared; true/false: one setting; "
                    "m2: M2 both, BERT eager only (compiling gained BERT nothing on the 2-core CPU: 192 vs 192 "
                    "tokens/s, train_cpu_best.json of 2026-11-29; saves its minutes of compiling)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "best"], default="fp32",
+                   help="bf16: steps under bf16 autocast; best: both, each model's best compared")
     p.add_argument("--json", default=None, help="also write the results here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     batch = mlm_batch(args.batch, args.length)
     both = ("eager", "compiled")
     settings = {"both": {"m2": both, "bert": both}, "true": dict.fromkeys(("m2", "bert"), ("compiled",)),
                 "false": dict.fromkeys(("m2", "bert"), ("eager",)), "m2": {"m2": both, "bert": ("eager",)}}[args.compile]
-    models: dict[str, tuple[ComposerMLM, Any, torch.optim.Optimizer]] = {}
+    suffixes = {"fp32": ("",), "bf16": ("_bf16",), "best": ("", "_bf16")}[args.precision]
+    settings = {f: tuple(mode + suffix for suffix in suffixes for mode in modes) for f, modes in settings.items()}
+    models: dict[str, tuple[ComposerMLM, Any, torch.optim.Optimizer, bool]] = {}
     for family, preset in (("m2", args.m2), ("bert", args.bert)):
         wrapped, opt = build(family, preset, args.length)
+        compiled = compile_module(wrapped, dynamic=False) if any("compiled" in s for s in settings[family]) else None
         for setting in settings[family]:  # the same module and optimizer: compiled is a view of the same weights
-            forward = compile_module(wrapped, dynamic=False) if setting == "compiled" else wrapped
-            models[f"{family}_{setting}"] = (wrapped, forward, opt)
+            forward = compiled if setting.startswith("compiled") else wrapped
+            models[f"{family}_{setting}"] = (wrapped, forward, opt, setting.endswith("_bf16"))
     times = measure(models, batch, args.steps, args.warmup)
     tps = {name: batch["input_ids"].numel() / median(ts) for name, ts in times.items()}
     best = {f: max(settings[f], key=lambda s: tps[f"{f}_{s}"]) for f in ("m2", "bert")}
@@ -109,7 +119,8 @@ def main() -> None:
     # The spread: the ratio of each step pair (the same round of the alternation), best settings.
     pairs = [b / m for m, b in zip(times[f"m2_{best['m2']}"], times[f"bert_{best['bert']}"])]
     result = {
-        "benchmark": "training tokens/s (fwd+bwd+DecoupledAdamW step), MLM 30% masking, fp32",
+        "benchmark": "training tokens/s (fwd+bwd+DecoupledAdamW step), MLM 30% masking",
+        "precision": args.precision, "settings": settings,
         "optimizer": f"{type(opt).__module__}.{type(opt).__name__}",  # build_optimizer's, as pretraining uses
         "date": time.strftime("%Y-%m-%d %H:%M %Z"), "command": "python bench/train_throughput.py " + " ".join(sys.argv[1:]),
         "machine": cpu_name(), "cpu_flags": cpu_flags(), "cpus": os.cpu_count(), "torch": torch.__version__,

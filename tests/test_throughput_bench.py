@@ -46,3 +46,17 @@ def test_peak_rss_is_measured_in_a_fresh_process():
     rss = bench.peak_rss_child(args, "m2", 256, "eager_bf16", embed=True)
     assert rss is not None and 50 < rss < 1000 < bench.peak_rss_mb()  # MB: a Python with torch, a tiny model, one call
     del ballast
+
+
+def test_train_bench_tiny_in_fp32_and_bf16_autocast(tmp_path):
+    """bench/train_throughput.py --precision best: each model steps in fp32 and under bf16 autocast (tiny sizes,
+    one step), each model's best is one of its settings and the ratio is best over best."""
+    out = tmp_path / "train.json"
+    load_bench("train_throughput").main(["--m2", "m2-bert-tiny", "--bert", "bert-tiny", "--steps", "1", "--warmup",
+                                         "0", "--compile", "false", "--precision", "best", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["settings"] == {"m2": ["eager", "eager_bf16"], "bert": ["eager", "eager_bf16"]}
+    for side in ("m2", "bert"):
+        rates = {s: result[f"{side}_{s}_tokens_per_s"] for s in result["settings"][side]}
+        assert min(rates.values()) > 0 and result[f"{side}_best"] == max(rates, key=rates.get)
+    assert result["ratio"] == pytest.approx(result["m2_tokens_per_s"] / result["bert_tokens_per_s"], abs=2e-3)
