@@ -67,6 +67,9 @@ def test_pretrain_value_error_in_a_subprocess(tmp_path):
     ("global_train_batch_size=1e20", r"global_train_batch_size=1e\+20 is out of range: at most 2147483647"),
     ("global_train_batch_size=100000000000000000000",
      r"global_train_batch_size=100000000000000000000 is out of range: at most 2147483647 \(2\^31 - 1\)"),
+    # issue 23: what Composer's console logger refuses (it raised in the Trainer, with a traceback)
+    ("console_log_interval=2dur", r"error: console_log_interval='2dur': console_log_interval is counted in ep or ba "
+                                  r"only, e.g. console_log_interval=100ba$"),
 ])
 def test_pretrain_config_errors_are_one_line(tmp_path, override, expect, monkeypatch, capsys):
     import re
@@ -281,6 +284,8 @@ def test_tokenizer_trainer_in_a_subprocess(tmp_path):
     ("data.source={header_only}", "{header_only}/SAMPLE-SS/dev.tsv holds no rows (only a header): sample-ss validation "
                                   "needs at least one"),
     ("resume=true overwrite=true", "resume=true and overwrite=true: continue the earlier run or replace it, not both"),
+    ("console_log_interval=1h", "console_log_interval='1h': console_log_interval is counted in ep or ba only (not "
+                                "wall-clock time), e.g. console_log_interval=100ba"),
 ])
 def test_glue_value_errors_are_one_line(tmp_path, override, expect, monkeypatch, capsys):
     """Checked before the start model is read (start.path does not even exist here): one line, no run folder."""
