@@ -108,7 +108,8 @@ def test_resume_after_a_save_killed_midway_matches_uninterrupted(straight, sampl
     """kill -9 while ep0-ba4 was being written: a truncated file, latest still at (or linking to) it.
 
     Autoresume sets the partial file aside, continues from ba2, and ends with the straight run's weights
-    and eval curve (the eval at batch 2 comes from the checkpoint; those at 4 and 6 are the resumed run's).
+    and eval curve (the eval at batch 2 comes from the checkpoint; those at 4 and 6 are the resumed run's), and
+    its training-loss curve (batches 1-2 from the checkpoint).
     """
     from m2bert.pretrain import run
 
@@ -125,6 +126,9 @@ def test_resume_after_a_save_killed_midway_matches_uninterrupted(straight, sampl
     a = {r["batch"]: r["loss"] for r in straight["summary"]["eval"]}
     b = {r["batch"]: r["loss"] for r in summary["eval"]}
     assert all(b[k] == pytest.approx(a[k], abs=1e-6) for k in (2, 4, 6)), (a, b)
+    assert [r["batch"] for r in summary["train_loss"]] == list(range(1, 7))
+    assert [r["loss"] for r in summary["train_loss"]] == pytest.approx(
+        [r["loss"] for r in straight["summary"]["train_loss"]], abs=1e-5)
     wa = load_file(Path(straight["summary"]["hf_export"]) / "model.safetensors")
     wb = load_file(Path(summary["hf_export"]) / "model.safetensors")
     for name in wa:

@@ -217,6 +217,7 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
         "batches": int(trainer.state.timestamp.batch),
         "eval_split": cfg.data.eval_split,  # null: the run had no evaluation, "eval" is empty and no "context_use"
         "eval": history.records,
+        "train_loss": train_loss.records,  # loss.png's training curve
         "filter_energy": filters.records,
     }
     if cfg.context_eval_rows > 0 and not fsdp and eval_loader is not None:  # under FSDP every rank would have to run the same forwards
