@@ -71,6 +71,23 @@ def test_rerun_with_another_save_folder_keeps_the_earlier_run(straight, sample_m
     assert snapshot(run_dir) == before and not elsewhere.exists()
 
 
+def test_autoresume_of_a_finished_run_is_one_line(straight, sample_mds, monkeypatch, capsys):
+    """autoresume=true on a run that reached max_duration: one line saying it is complete and what to do (Composer's
+    fit raised "The max_duration (6ba) is less than or equal to the elapsed training duration" with a traceback),
+    before any training, and the finished run is left as it was."""
+    from m2bert.pretrain import main
+    from tests.test_cli_errors import _in_process, _one_line
+
+    run_dir = straight["root"] / "straight"
+    before = snapshot(run_dir)
+    proc = _in_process(main, "m2bert-pretrain", _overrides(sample_mds, straight["root"], "straight") +
+                       ["autoresume=true"], monkeypatch, capsys)
+    assert _one_line(proc, "m2bert-pretrain").endswith(
+        f"error: autoresume=true: the run in {run_dir} is complete (it has trained 6ba of max_duration=6ba): start a "
+        f"new run with another run_name, or raise max_duration to train it further"), proc.stderr
+    assert snapshot(run_dir) == before
+
+
 def test_a_run_in_progress_keeps_its_folder(sample_mds, tmp_path, monkeypatch, capsys, caplog):
     """Two runs of one run_name at once: the second is refused in one line naming the lock and its holder, before
     anything is written; once the holder is gone (kill -9), its lock is taken over with a warning."""

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,7 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
             compile_config=compile_config,
             parallelism_config={"fsdp": OmegaConf.to_container(cfg.parallel.fsdp)} if cfg.parallel.name == "fsdp" else None,
         )
+    refuse_finished(trainer.state, cfg, run_dir if resume_from is not None else None, trainer.close)
     trainer.logger.log_hyperparameters(loggable(cfg))  # every logger, W&B included
     if cfg.eval_at_start and eval_loader is not None and int(trainer.state.timestamp.batch) == 0:
         trainer.eval()
@@ -237,6 +239,22 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
         atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
     trainer.close()
     return summary
+
+
+def refuse_finished(state: Any, cfg: DictConfig, resumed: str | None, close: Callable[[], Any]) -> None:
+    """A loaded checkpoint that has already trained ``max_duration`` (``autoresume=true`` on a finished run, the
+    ``resumed`` run folder; or a finished ``load_path``): one line saying so and what to do, where Composer's
+    ``fit`` would raise with a traceback. ``close`` releases the built Trainer first (its loggers)."""
+    elapsed = state.timestamp.get(state.max_duration.unit)
+    if state.max_duration > elapsed:
+        return
+    close()
+    done = f"has trained {elapsed} of max_duration={cfg.max_duration}"
+    if resumed is not None:
+        raise ConfigError(f"autoresume=true: the run in {resumed} is complete (it {done}): start a new run with "
+                          f"another run_name, or raise max_duration to train it further")
+    raise ConfigError(f"load_path={cfg.load_path} {done}, so no training would occur: raise max_duration to train "
+                      f"it further")
 
 
 def show_progress_bar(setting: bool | None) -> bool:
