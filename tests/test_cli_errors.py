@@ -214,6 +214,21 @@ def test_convert_c4_offline_tokenizer_is_one_line(tmp_path, monkeypatch, capsys)
     assert "could not load tokenizer 'bert-base-uncased'" in line and "m2bert-train-tokenizer" in line, line
 
 
+def test_convert_c4_from_the_hub_offline_is_one_line(tmp_path, monkeypatch, capsys):
+    """No --source, no hub (HF_HUB_OFFLINE=1 here): the hub is asked before the progress bar starts (its line came
+    mixed into the error), and the one line names --source, the offline way."""
+    from m2bert.data import convert_c4
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True)
+    code = convert_c4.main(["--out-root", str(tmp_path / "out"), "--splits", "train"])
+    proc = subprocess.CompletedProcess([], code, "", capsys.readouterr().err)
+    line = _one_line(proc, "m2bert-convert-c4")
+    assert "could not stream allenai/c4 from the Hugging Face hub" in line and "--source DIR" in line, line
+    assert not (tmp_path / "out").exists()
+
+
 def test_traceback_only_with_hydra_full_error(tmp_path, monkeypatch):
     from m2bert.pretrain import main
     from m2bert.options import ConfigError
