@@ -143,6 +143,26 @@ def test_pretrain_truncated_shard_is_one_line(sample_mds, tmp_path, monkeypatch,
     assert not runs.exists()
 
 
+def test_pretrain_offline_hub_tokenizer_is_one_line(sample_mds, tmp_path, monkeypatch, capsys):
+    """data.tokenizer=bert-base-uncased (data=c4's default) without the hub: one line naming data.tokenizer, before
+    the run folder is claimed (it was an 86-line traceback, and the Hydra folder it left refused the rerun)."""
+    import transformers
+
+    from m2bert.pretrain import main
+    from tests.conftest import tiny_pretrain_overrides
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your connection.")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
+    runs = tmp_path / "runs"
+    args = tiny_pretrain_overrides(sample_mds, runs, "r") + ["data.tokenizer=bert-base-uncased", "max_duration=2ba"]
+    line = _one_line(_in_process(main, "m2bert-pretrain", args, monkeypatch, capsys), "m2bert-pretrain")
+    assert line.startswith("m2bert-pretrain: error: data.tokenizer: could not load tokenizer 'bert-base-uncased'") \
+        and "m2bert-train-tokenizer" in line, line
+    assert not runs.exists()
+
+
 def test_hydra_composition_error_exits_2(tmp_path):
     """A key the schema lacks: one line naming it and the real key (Hydra would print several, suggesting `+`)."""
     proc = _run("m2bert.pretrain", ["optimizer.learning_rate=1e-3", f"run_root={tmp_path / 'runs'}"])

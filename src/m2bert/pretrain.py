@@ -91,6 +91,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     cli.check_missing(cfg)
     check_pretrain(cfg)
     check_data(cfg.data)
+    from m2bert.data.tokenizer import load_configured_tokenizer
+
+    tokenizer = load_configured_tokenizer("data.tokenizer", cfg.data.tokenizer)  # before the run folder is claimed
 
     from m2bert.train import builders, runs
 
@@ -101,18 +104,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_name = runs.agree_on_run_name(cfg.run_name, device)
     folder = run_folder(cfg, run_name)
     with claimed(folder):
-        return train(cfg, run_name, str(folder.path), device, precision)
+        return train(cfg, run_name, str(folder.path), device, precision, tokenizer)
 
 
-def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: str) -> dict[str, Any]:
+def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: str, tokenizer: Any) -> dict[str, Any]:
     """Everything after the checks, in the claimed run folder: the run's save folder is checked (continued,
-    replaced or refused), then build, train, export."""
+    replaced or refused), then build, train, export (``tokenizer``: ``data.tokenizer``'s, loaded by the checks)."""
     from composer import Evaluator, Trainer
     from composer.algorithms import GradientClipping
     from composer.utils import dist, format_name_with_dist, reproducibility
 
     from m2bert.data.mlm import build_mlm_dataloader
-    from m2bert.data.tokenizer import load_tokenizer
     from m2bert.train import builders
     from m2bert.train import runs
     from m2bert.train.callbacks import EvalHistory, FilterEnergy, ResumableRNG, TrainLossHistory
@@ -145,7 +147,6 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
             verified = loading.enter_context(verified_checkpoint(source))
             log.info("loading %s (verified, re-saved at %s)", source, verified.path)
         compile_config = composer_compile_config(cfg.impl.compile, device)
-        tokenizer = load_tokenizer(cfg.data.tokenizer)
         world = dist.get_world_size()
         if cfg.global_train_batch_size % world:
             raise ConfigError(f"global_train_batch_size={cfg.global_train_batch_size} is not divisible by {world} devices")
