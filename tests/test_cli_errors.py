@@ -280,6 +280,22 @@ def test_glue_bad_row_in_a_later_task_is_one_line(tiny_hf, tmp_path):
     assert not runs.exists()
 
 
+def test_glue_from_the_hub_offline_is_one_line(tmp_path, monkeypatch):
+    """data.source=hf without the hub (offline, nothing cached): a ConfigError (one line from the CLI, as every
+    ConfigError) naming data.source and the offline way; the first job raised a 74-line ConnectionError traceback."""
+    from m2bert.data.glue_tasks import load_glue_task
+    from m2bert.options import ConfigError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "cache"))  # nothing cached
+    with pytest.raises(ConfigError, match=r"^data.source=hf: could not load nyu-mll/glue \(rte, train\) from the "
+                                          r"Hugging Face hub .*; without network, pass data.source=<a folder of GLUE's "
+                                          r"TSVs: <TASK>/train.tsv, dev.tsv>$"):
+        load_glue_task("rte", "hf", "train")
+
+
 @pytest.mark.parametrize("content, expect", [
     (None, "corpus file {f} does not exist"),
     ("", "{f} holds no text"),
