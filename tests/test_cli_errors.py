@@ -143,6 +143,25 @@ def test_pretrain_truncated_shard_is_one_line(sample_mds, tmp_path, monkeypatch,
     assert not runs.exists()
 
 
+def test_pretrain_train_split_smaller_than_a_batch_is_one_line(sample_mds, tmp_path, monkeypatch, capsys):
+    """A train split with fewer rows than global_train_batch_size trained no batch, and Composer looped over empty
+    epochs forever without a word; now one line at start-up, naming the rows and the fix."""
+    import json
+
+    from m2bert.pretrain import main
+    from tests.conftest import tiny_pretrain_overrides
+
+    index = json.loads((Path(sample_mds["mds"]) / "train" / "index.json").read_text())
+    rows = sum(shard["samples"] for shard in index["shards"])
+    runs = tmp_path / "runs"
+    args = tiny_pretrain_overrides(sample_mds, runs, "r", settings={"global_train_batch_size": rows + 1})
+    line = _one_line(_in_process(main, "m2bert-pretrain", args, monkeypatch, capsys), "m2bert-pretrain")
+    assert line.endswith(f"the train split holds {rows} rows, fewer than one batch (global_train_batch_size="
+                         f"{rows + 1}), so no batch would be trained: set global_train_batch_size<={rows}, or convert "
+                         f"more text"), line
+    assert not runs.exists()
+
+
 def test_pretrain_offline_hub_tokenizer_is_one_line(sample_mds, tmp_path, monkeypatch, capsys):
     """data.tokenizer=bert-base-uncased (data=c4's default) without the hub: one line naming data.tokenizer, before
     the run folder is claimed (it was an 86-line traceback, and the Hydra folder it left refused the rerun)."""

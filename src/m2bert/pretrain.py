@@ -53,16 +53,18 @@ def check_env_folder(cfg: DictConfig) -> None:
                             f"{ENV_FOLDERS.get(var, 'the data folder')}> as an absolute path, or data.local=<MDS folder>")
 
 
-def check_data(cfg: DictConfig) -> None:
+def check_data(cfg: DictConfig) -> int | None:
     """Fail before any heavy work when the shards are not where the config says, or (local data)
     do not match their index.json: missing, truncated, corrupt offsets, wrong hash with validate_hash. Data in an
     object store: one line naming the URL when the store cannot be listed (wrong bucket or credentials, store
-    down), and every listed shard must be there with its size (hashes are checked as shards download)."""
+    down), and every listed shard must be there with its size (hashes are checked as shards download). Returns
+    the train split's rows (None: not counted)."""
     from m2bert import object_store
     from m2bert.data.mlm import locate_index, split_dir
     from m2bert.data.shards import check_remote_shards, check_shards
 
     check_env_folder(cfg)
+    rows: dict[str, int] = {}
     for split in (cfg.train_split, cfg.eval_split):
         if split is None:  # data.eval_split=null: no evaluation
             continue
@@ -70,9 +72,19 @@ def check_data(cfg: DictConfig) -> None:
         listing = object_store.list_objects(url, "data.remote") if url else None  # bounded time, one line
         index = locate_index(cfg.local, cfg.remote, split)  # raises FileNotFoundError naming the path
         if cfg.remote is None:
-            check_shards(index.parent, cfg.validate_hash)  # raises ShardError naming the shard
+            rows[split] = check_shards(index.parent, cfg.validate_hash)  # raises ShardError naming the shard
         elif url is not None and listing is not None:
-            check_remote_shards(index, listing, url)
+            rows[split] = check_remote_shards(index, listing, url)
+    return rows.get(cfg.train_split)
+
+
+def check_enough_rows(rows: int | None, cfg: DictConfig) -> None:
+    """A train split smaller than one global batch trains nothing (the last partial batch is dropped), and Composer
+    then loops over empty epochs forever, silently: one line instead."""
+    if rows is not None and rows < cfg.global_train_batch_size:
+        raise ConfigError(f"data.local={cfg.data.local}: the {cfg.data.train_split} split holds {rows} rows, fewer than "
+                          f"one batch (global_train_batch_size={cfg.global_train_batch_size}), so no batch would be "
+                          f"trained: set global_train_batch_size<={rows}, or convert more text")
 
 
 def run_folder(cfg: DictConfig, run_name: str | None = None) -> RunFolder:
@@ -90,7 +102,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     cli.check_missing(cfg)
     check_pretrain(cfg)
-    check_data(cfg.data)
+    check_enough_rows(check_data(cfg.data), cfg)
     from m2bert.data.tokenizer import load_configured_tokenizer
 
     tokenizer = load_configured_tokenizer("data.tokenizer", cfg.data.tokenizer)  # before the run folder is claimed
