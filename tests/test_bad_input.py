@@ -334,25 +334,32 @@ def test_pretrain_value_checks():
         check_time("max_duration", ok)
 
 
+def _accepts(check, text: str, errors: tuple[type[BaseException], ...]) -> bool:
+    try:
+        check(text)
+    except errors:
+        return False
+    return True
+
+
 def test_time_check_agrees_with_composer():
+    """A time string passes our start-up check exactly when Composer takes it: any duration (Time.from_timestring),
+    and for console_log_interval what its console logger takes (ep or ba; "2dur" passed our check, then failed
+    in Composer's ConsoleLogger with a traceback)."""
     from composer.core.time import Time
+    from composer.loggers import ConsoleLogger
 
     from m2bert.options import ConfigError
-    from m2bert.train.validate import check_time
+    from m2bert.train.validate import CONSOLE_UNITS, check_time
 
-    for text in ("70000ba", "1ep", "0.06dur", "3e4tok", "12sp", "10sec", "1h", "abc", "ba", "10 ba x", "1.5.2ep",
-                 "1.5ep", "2.5ba"):
-        try:
-            Time.from_timestring(text)
-            composer_ok = True
-        except (ValueError, TypeError):  # TypeError: a fraction of a counted unit
-            composer_ok = False
-        try:
-            check_time("max_duration", text)
-            ours_ok = True
-        except ConfigError:
-            ours_ok = False
-        assert ours_ok == composer_ok, text
+    texts = ("70000ba", "1ep", "0.06dur", "3e4tok", "12sp", "10sec", "1h", "abc", "ba", "10 ba x", "1.5.2ep", "1.5ep",
+             "2.5ba", "2dur", "5iter", "100BA", "1e2ba", "3EP")
+    for text in texts:
+        # TypeError: a fraction of a counted unit
+        assert _accepts(lambda t: check_time("max_duration", t), text, (ConfigError,)) == \
+            _accepts(Time.from_timestring, text, (ValueError, TypeError)), text
+        assert _accepts(lambda t: check_time("console_log_interval", t, units=CONSOLE_UNITS), text, (ConfigError,)) \
+            == _accepts(lambda t: ConsoleLogger(log_interval=t), text, (ValueError, TypeError)), text
 
 
 @pytest.mark.parametrize("field, value, limit", [("hidden_size", 10 ** 9, "32,768"), ("vocab_size", 10 ** 10, "2,097,152"),

@@ -67,6 +67,9 @@ def test_pretrain_value_error_in_a_subprocess(tmp_path):
     ("global_train_batch_size=1e20", r"global_train_batch_size=1e\+20 is out of range: at most 2147483647"),
     ("global_train_batch_size=100000000000000000000",
      r"global_train_batch_size=100000000000000000000 is out of range: at most 2147483647 \(2\^31 - 1\)"),
+    # issue 23: what Composer's console logger refuses (it raised in the Trainer, with a traceback)
+    ("console_log_interval=2dur", r"error: console_log_interval='2dur': console_log_interval is counted in ep or ba "
+                                  r"only, e.g. console_log_interval=100ba$"),
 ])
 def test_pretrain_config_errors_are_one_line(tmp_path, override, expect, monkeypatch, capsys):
     import re
@@ -137,6 +140,45 @@ def test_pretrain_truncated_shard_is_one_line(sample_mds, tmp_path, monkeypatch,
                        monkeypatch, capsys)
     line = _one_line(proc, "m2bert-pretrain")
     assert f"{zst}: 100 bytes on disk" in line and "m2bert-convert-c4" in line
+    assert not runs.exists()
+
+
+def test_pretrain_train_split_smaller_than_a_batch_is_one_line(sample_mds, tmp_path, monkeypatch, capsys):
+    """A train split with fewer rows than global_train_batch_size trained no batch, and Composer looped over empty
+    epochs forever without a word; now one line at start-up, naming the rows and the fix."""
+    import json
+
+    from m2bert.pretrain import main
+    from tests.conftest import tiny_pretrain_overrides
+
+    index = json.loads((Path(sample_mds["mds"]) / "train" / "index.json").read_text())
+    rows = sum(shard["samples"] for shard in index["shards"])
+    runs = tmp_path / "runs"
+    args = tiny_pretrain_overrides(sample_mds, runs, "r", settings={"global_train_batch_size": rows + 1})
+    line = _one_line(_in_process(main, "m2bert-pretrain", args, monkeypatch, capsys), "m2bert-pretrain")
+    assert line.endswith(f"the train split holds {rows} rows, fewer than one batch (global_train_batch_size="
+                         f"{rows + 1}), so no batch would be trained: set global_train_batch_size<={rows}, or convert "
+                         f"more text"), line
+    assert not runs.exists()
+
+
+def test_pretrain_offline_hub_tokenizer_is_one_line(sample_mds, tmp_path, monkeypatch, capsys):
+    """data.tokenizer=bert-base-uncased (data=c4's default) without the hub: one line naming data.tokenizer, before
+    the run folder is claimed (it was an 86-line traceback, and the Hydra folder it left refused the rerun)."""
+    import transformers
+
+    from m2bert.pretrain import main
+    from tests.conftest import tiny_pretrain_overrides
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your connection.")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
+    runs = tmp_path / "runs"
+    args = tiny_pretrain_overrides(sample_mds, runs, "r") + ["data.tokenizer=bert-base-uncased", "max_duration=2ba"]
+    line = _one_line(_in_process(main, "m2bert-pretrain", args, monkeypatch, capsys), "m2bert-pretrain")
+    assert line.startswith("m2bert-pretrain: error: data.tokenizer: could not load tokenizer 'bert-base-uncased'") \
+        and "m2bert-train-tokenizer" in line, line
     assert not runs.exists()
 
 
@@ -211,6 +253,21 @@ def test_convert_c4_offline_tokenizer_is_one_line(tmp_path, monkeypatch, capsys)
     assert "could not load tokenizer 'bert-base-uncased'" in line and "m2bert-train-tokenizer" in line, line
 
 
+def test_convert_c4_from_the_hub_offline_is_one_line(tmp_path, monkeypatch, capsys):
+    """No --source, no hub (HF_HUB_OFFLINE=1 here): the hub is asked before the progress bar starts (its line came
+    mixed into the error), and the one line names --source, the offline way."""
+    from m2bert.data import convert_c4
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True)
+    code = convert_c4.main(["--out-root", str(tmp_path / "out"), "--splits", "train"])
+    proc = subprocess.CompletedProcess([], code, "", capsys.readouterr().err)
+    line = _one_line(proc, "m2bert-convert-c4")
+    assert "could not stream allenai/c4 from the Hugging Face hub" in line and "--source DIR" in line, line
+    assert not (tmp_path / "out").exists()
+
+
 def test_traceback_only_with_hydra_full_error(tmp_path, monkeypatch):
     from m2bert.pretrain import main
     from m2bert.options import ConfigError
@@ -240,6 +297,22 @@ def test_glue_bad_row_in_a_later_task_is_one_line(tiny_hf, tmp_path):
     line = _one_line(proc, "m2bert-glue")
     assert f"{root}/SAMPLE-PAIR/dev.tsv line 3: bad label 'nan'" in line
     assert not runs.exists()
+
+
+def test_glue_from_the_hub_offline_is_one_line(tmp_path, monkeypatch):
+    """data.source=hf without the hub (offline, nothing cached): a ConfigError (one line from the CLI, as every
+    ConfigError) naming data.source and the offline way; the first job raised a 74-line ConnectionError traceback."""
+    from m2bert.data.glue_tasks import load_glue_task
+    from m2bert.options import ConfigError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "cache"))  # nothing cached
+    with pytest.raises(ConfigError, match=r"^data.source=hf: could not load nyu-mll/glue \(rte, train\) from the "
+                                          r"Hugging Face hub .*; without network, pass data.source=<a folder of GLUE's "
+                                          r"TSVs: <TASK>/train.tsv, dev.tsv>$"):
+        load_glue_task("rte", "hf", "train")
 
 
 @pytest.mark.parametrize("content, expect", [
@@ -281,6 +354,8 @@ def test_tokenizer_trainer_in_a_subprocess(tmp_path):
     ("data.source={header_only}", "{header_only}/SAMPLE-SS/dev.tsv holds no rows (only a header): sample-ss validation "
                                   "needs at least one"),
     ("resume=true overwrite=true", "resume=true and overwrite=true: continue the earlier run or replace it, not both"),
+    ("console_log_interval=1h", "console_log_interval='1h': console_log_interval is counted in ep or ba only (not "
+                                "wall-clock time), e.g. console_log_interval=100ba"),
 ])
 def test_glue_value_errors_are_one_line(tmp_path, override, expect, monkeypatch, capsys):
     """Checked before the start model is read (start.path does not even exist here): one line, no run folder."""

@@ -1,7 +1,6 @@
 """Exports: the tokenizer saved with a model truncates at the model's length, and the opt-in portable form (the
-model's code + auto_map) loads with plain transformers in a process where m2bert cannot be imported, with the
-in-package model's outputs; the default export holds no code. (The fresh process imports only torch and
-transformers: sentence-transformers' imports (sklearn, scipy) would cost it more than the rest of the test.)"""
+model's code + auto_map) loads with plain transformers and with sentence-transformers in a process where m2bert
+cannot be imported, with the in-package model's outputs; the default export holds no code."""
 from __future__ import annotations
 
 import json
@@ -41,20 +40,24 @@ else:
 
 import torch
 from safetensors.torch import save_file
+from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoModelForMaskedLM
 
-hf, out = sys.argv[1:3]
-ids = torch.tensor(json.loads(sys.argv[3]))
+hf, st_dir, out = sys.argv[1:4]
+ids = torch.tensor(json.loads(sys.argv[4]))
+texts = json.loads(sys.argv[5])
 mask = torch.ones_like(ids)
 mask[1, 5:] = 0
 mlm = AutoModelForMaskedLM.from_pretrained(hf, trust_remote_code=True).eval()
 encoder = AutoModel.from_pretrained(hf, trust_remote_code=True).eval()
+st = SentenceTransformer(st_dir, trust_remote_code=True, local_files_only=True, device="cpu")
 with torch.no_grad():
     result = {"logits": mlm(input_ids=ids, attention_mask=mask).logits,
-              "hidden": encoder(input_ids=ids, attention_mask=mask).last_hidden_state}
+              "hidden": encoder(input_ids=ids, attention_mask=mask).last_hidden_state,
+              "embeddings": st.encode(texts, batch_size=2, convert_to_tensor=True)}
 save_file({k: v.contiguous() for k, v in result.items()}, out)
 print(json.dumps({"m2bert_loaded": any(m.split(".")[0] == "m2bert" for m in sys.modules),
-                  "classes": [type(m).__module__ for m in (mlm, encoder)]}))
+                  "classes": [type(m).__module__ for m in (mlm, encoder, st[0].auto_model)]}))
 '''
 
 
@@ -86,7 +89,8 @@ def test_portable_export_loads_without_m2bert(tiny_hf, tmp_path) -> None:
 
     from m2bert import M2BertForMaskedLM, M2BertModel
     from m2bert.embeddings.sentence_transformers import export_sentence_transformer, load_sentence_transformer
-    from m2bert.portable import AUTO_MAP, save_portable
+    from m2bert.portable import AUTO_MAP, CARD_HERE, save_portable
+    from m2bert.train.model_card import WITHOUT_M2BERT
 
     hf = save_portable(tiny_hf, tmp_path / "hf")
     st_dir = export_sentence_transformer(tiny_hf, tmp_path / "st", portable=True)
@@ -94,14 +98,18 @@ def test_portable_export_loads_without_m2bert(tiny_hf, tmp_path) -> None:
         assert json.loads((folder / "config.json").read_text())["auto_map"] == AUTO_MAP
         assert (folder / "modeling_m2bert.py").is_file()
         assert "trust_remote_code=True" in (folder / "README.md").read_text()
+    card = (st_dir / "README.md").read_text()         # the ST card: both ways to load it
+    assert 'SentenceTransformer("path/or/hub-id", trust_remote_code=True)' in card
+    assert "import m2bert" in card and 'SentenceTransformer("path/to/this/folder")' in card
+    assert CARD_HERE in card and WITHOUT_M2BERT not in card   # it says this copy loads without m2bert
     assert _tokenizer_length(hf) == 128              # tiny_hf's tokenizer says 1e30: the copy gets the model's length
     torch.manual_seed(0)
     ids = torch.randint(1000, 30000, (2, 40))
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-I", "-c", FRESH, str(hf), str(tmp_path / "out.safetensors"),
-                           json.dumps(ids.tolist())], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, "-I", "-c", FRESH, str(hf), str(st_dir), str(tmp_path / "out.safetensors"),
+                           json.dumps(ids.tolist()), json.dumps(TEXTS)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not report["m2bert_loaded"]
@@ -114,8 +122,11 @@ def test_portable_export_loads_without_m2bert(tiny_hf, tmp_path) -> None:
         logits = M2BertForMaskedLM.from_pretrained(tiny_hf).eval()(input_ids=ids, attention_mask=mask).logits
         hidden = M2BertModel.from_pretrained(tiny_hf).eval()(input_ids=ids, attention_mask=mask).last_hidden_state
     assert torch.equal(fresh["logits"], logits) and torch.equal(fresh["hidden"], hidden)
-    # our loader runs no code from the portable ST folder: the installed class loads it
-    assert type(load_sentence_transformer(st_dir, device="cpu")[0].auto_model) is M2BertModel
+    # our loader runs no code from the portable ST folder: the installed class loads it, and its embeddings are the
+    # fresh process's
+    st = load_sentence_transformer(st_dir, device="cpu")
+    assert type(st[0].auto_model) is M2BertModel
+    assert torch.equal(fresh["embeddings"], st.encode(TEXTS, batch_size=2, convert_to_tensor=True))
     # and a save of ours points at no code (the folder it writes holds none)
     M2BertModel.from_pretrained(hf).save_pretrained(tmp_path / "resaved")
     assert "auto_map" not in json.loads((tmp_path / "resaved" / "config.json").read_text())

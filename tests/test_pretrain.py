@@ -147,8 +147,9 @@ def test_two_processes_match_one(sample_mds, tmp_path):
 
 
 def test_autoresume_continues_exactly(sample_mds, tmp_path):
-    """Killed after its first checkpoint and resumed: the same weights, and the same evaluation and filter-energy
-    history as an uninterrupted run (the records from before the kill travel in the checkpoint)."""
+    """Killed after its first checkpoint and resumed: the same weights, and the same evaluation, training-loss
+    (loss.png's) and filter-energy history as an uninterrupted run (the records from before the kill travel in the
+    checkpoint)."""
     common = ["max_duration=12ba", "eval_interval=4ba", "save_interval=4ba", "save_num_checkpoints_to_keep=-1"]
     _finish(_cli(tiny_pretrain_overrides(sample_mds, tmp_path, "straight") + common))
 
@@ -166,6 +167,9 @@ def test_autoresume_continues_exactly(sample_mds, tmp_path):
     assert [r["batch"] for r in a["eval"]][-3:] == [4, 8, 12], a["eval"]
     assert [(r["batch"], round(r["loss"], 5)) for r in b["eval"]] == curve
     assert [r["batch"] for r in b["filter_energy"]] == [r["batch"] for r in a["filter_energy"]] != []
+    assert [r["batch"] for r in a["train_loss"]] == list(range(1, 13)), a["train_loss"]
+    assert [(r["batch"], r["samples"]) for r in b["train_loss"]] == [(r["batch"], r["samples"]) for r in a["train_loss"]]
+    assert [r["loss"] for r in b["train_loss"]] == pytest.approx([r["loss"] for r in a["train_loss"]], abs=1e-5)
     wa = load_file(tmp_path / "straight" / "hf" / "model.safetensors")
     wb = load_file(tmp_path / "resumed" / "hf" / "model.safetensors")
     for name in wa:

@@ -71,6 +71,23 @@ def test_rerun_with_another_save_folder_keeps_the_earlier_run(straight, sample_m
     assert snapshot(run_dir) == before and not elsewhere.exists()
 
 
+def test_autoresume_of_a_finished_run_is_one_line(straight, sample_mds, monkeypatch, capsys):
+    """autoresume=true on a run that reached max_duration: one line saying it is complete and what to do (Composer's
+    fit raised "The max_duration (6ba) is less than or equal to the elapsed training duration" with a traceback),
+    before any training, and the finished run is left as it was."""
+    from m2bert.pretrain import main
+    from tests.test_cli_errors import _in_process, _one_line
+
+    run_dir = straight["root"] / "straight"
+    before = snapshot(run_dir)
+    proc = _in_process(main, "m2bert-pretrain", _overrides(sample_mds, straight["root"], "straight") +
+                       ["autoresume=true"], monkeypatch, capsys)
+    assert _one_line(proc, "m2bert-pretrain").endswith(
+        f"error: autoresume=true: the run in {run_dir} is complete (it has trained 6ba of max_duration=6ba): start a "
+        f"new run with another run_name, or raise max_duration to train it further"), proc.stderr
+    assert snapshot(run_dir) == before
+
+
 def test_a_run_in_progress_keeps_its_folder(sample_mds, tmp_path, monkeypatch, capsys, caplog):
     """Two runs of one run_name at once: the second is refused in one line naming the lock and its holder, before
     anything is written; once the holder is gone (kill -9), its lock is taken over with a warning."""
@@ -108,7 +125,8 @@ def test_resume_after_a_save_killed_midway_matches_uninterrupted(straight, sampl
     """kill -9 while ep0-ba4 was being written: a truncated file, latest still at (or linking to) it.
 
     Autoresume sets the partial file aside, continues from ba2, and ends with the straight run's weights
-    and eval curve (the eval at batch 2 comes from the checkpoint; those at 4 and 6 are the resumed run's).
+    and eval curve (the eval at batch 2 comes from the checkpoint; those at 4 and 6 are the resumed run's), and
+    its training-loss curve (batches 1-2 from the checkpoint).
     """
     from m2bert.pretrain import run
 
@@ -125,6 +143,9 @@ def test_resume_after_a_save_killed_midway_matches_uninterrupted(straight, sampl
     a = {r["batch"]: r["loss"] for r in straight["summary"]["eval"]}
     b = {r["batch"]: r["loss"] for r in summary["eval"]}
     assert all(b[k] == pytest.approx(a[k], abs=1e-6) for k in (2, 4, 6)), (a, b)
+    assert [r["batch"] for r in summary["train_loss"]] == list(range(1, 7))
+    assert [r["loss"] for r in summary["train_loss"]] == pytest.approx(
+        [r["loss"] for r in straight["summary"]["train_loss"]], abs=1e-5)
     wa = load_file(Path(straight["summary"]["hf_export"]) / "model.safetensors")
     wb = load_file(Path(summary["hf_export"]) / "model.safetensors")
     for name in wa:

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from m2bert import cli_help
 from m2bert.atomic import atomic_directory
+from m2bert.train.model_card import WITHOUT_M2BERT
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,9 @@ tokenizer = AutoTokenizer.from_pretrained("path/or/hub-id")
 With m2bert installed, `import m2bert` and leave `trust_remote_code` off: the installed classes load it (with the
 fused GPU kernels), and the code here never runs.
 """
+# In the copy, the card's paragraph on sharing (``model_card.WITHOUT_M2BERT``: "make a portable copy") becomes:
+CARD_HERE = ("This copy holds the model's code, so it also loads without m2bert installed: see \"Loading without "
+             "m2bert\" below.")
 CARD_ST = """
 As a sentence-transformers model:
 
@@ -253,6 +257,7 @@ def add_portable_code(folder: str | os.PathLike[str]) -> None:
     card = folder / "README.md"
     st = CARD_ST if (folder / "modules.json").is_file() else ""
     previous = card.read_text(encoding="utf-8") if card.is_file() else "# M2-BERT\n"
+    previous = previous.replace(WITHOUT_M2BERT, CARD_HERE)
     card.write_text(previous.rstrip("\n") + "\n" + CARD_SECTION.format(st=st), encoding="utf-8")
 
 

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -52,16 +53,18 @@ def check_env_folder(cfg: DictConfig) -> None:
                             f"{ENV_FOLDERS.get(var, 'the data folder')}> as an absolute path, or data.local=<MDS folder>")
 
 
-def check_data(cfg: DictConfig) -> None:
+def check_data(cfg: DictConfig) -> int | None:
     """Fail before any heavy work when the shards are not where the config says, or (local data)
     do not match their index.json: missing, truncated, corrupt offsets, wrong hash with validate_hash. Data in an
     object store: one line naming the URL when the store cannot be listed (wrong bucket or credentials, store
-    down), and every listed shard must be there with its size (hashes are checked as shards download)."""
+    down), and every listed shard must be there with its size (hashes are checked as shards download). Returns
+    the train split's rows (None: not counted)."""
     from m2bert import object_store
     from m2bert.data.mlm import locate_index, split_dir
     from m2bert.data.shards import check_remote_shards, check_shards
 
     check_env_folder(cfg)
+    rows: dict[str, int] = {}
     for split in (cfg.train_split, cfg.eval_split):
         if split is None:  # data.eval_split=null: no evaluation
             continue
@@ -69,9 +72,19 @@ def check_data(cfg: DictConfig) -> None:
         listing = object_store.list_objects(url, "data.remote") if url else None  # bounded time, one line
         index = locate_index(cfg.local, cfg.remote, split)  # raises FileNotFoundError naming the path
         if cfg.remote is None:
-            check_shards(index.parent, cfg.validate_hash)  # raises ShardError naming the shard
+            rows[split] = check_shards(index.parent, cfg.validate_hash)  # raises ShardError naming the shard
         elif url is not None and listing is not None:
-            check_remote_shards(index, listing, url)
+            rows[split] = check_remote_shards(index, listing, url)
+    return rows.get(cfg.train_split)
+
+
+def check_enough_rows(rows: int | None, cfg: DictConfig) -> None:
+    """A train split smaller than one global batch trains nothing (the last partial batch is dropped), and Composer
+    then loops over empty epochs forever, silently: one line instead."""
+    if rows is not None and rows < cfg.global_train_batch_size:
+        raise ConfigError(f"data.local={cfg.data.local}: the {cfg.data.train_split} split holds {rows} rows, fewer than "
+                          f"one batch (global_train_batch_size={cfg.global_train_batch_size}), so no batch would be "
+                          f"trained: set global_train_batch_size<={rows}, or convert more text")
 
 
 def run_folder(cfg: DictConfig, run_name: str | None = None) -> RunFolder:
@@ -89,7 +102,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     cli.check_missing(cfg)
     check_pretrain(cfg)
-    check_data(cfg.data)
+    check_enough_rows(check_data(cfg.data), cfg)
+    from m2bert.data.tokenizer import load_configured_tokenizer
+
+    tokenizer = load_configured_tokenizer("data.tokenizer", cfg.data.tokenizer)  # before the run folder is claimed
 
     from m2bert.train import builders, runs
 
@@ -100,18 +116,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_name = runs.agree_on_run_name(cfg.run_name, device)
     folder = run_folder(cfg, run_name)
     with claimed(folder):
-        return train(cfg, run_name, str(folder.path), device, precision)
+        return train(cfg, run_name, str(folder.path), device, precision, tokenizer)
 
 
-def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: str) -> dict[str, Any]:
+def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: str, tokenizer: Any) -> dict[str, Any]:
     """Everything after the checks, in the claimed run folder: the run's save folder is checked (continued,
-    replaced or refused), then build, train, export."""
+    replaced or refused), then build, train, export (``tokenizer``: ``data.tokenizer``'s, loaded by the checks)."""
     from composer import Evaluator, Trainer
     from composer.algorithms import GradientClipping
     from composer.utils import dist, format_name_with_dist, reproducibility
 
     from m2bert.data.mlm import build_mlm_dataloader
-    from m2bert.data.tokenizer import load_tokenizer
     from m2bert.train import builders
     from m2bert.train import runs
     from m2bert.train.callbacks import EvalHistory, FilterEnergy, ResumableRNG, TrainLossHistory
@@ -144,7 +159,6 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
             verified = loading.enter_context(verified_checkpoint(source))
             log.info("loading %s (verified, re-saved at %s)", source, verified.path)
         compile_config = composer_compile_config(cfg.impl.compile, device)
-        tokenizer = load_tokenizer(cfg.data.tokenizer)
         world = dist.get_world_size()
         if cfg.global_train_batch_size % world:
             raise ConfigError(f"global_train_batch_size={cfg.global_train_batch_size} is not divisible by {world} devices")
@@ -207,6 +221,7 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
             compile_config=compile_config,
             parallelism_config={"fsdp": OmegaConf.to_container(cfg.parallel.fsdp)} if cfg.parallel.name == "fsdp" else None,
         )
+    refuse_finished(trainer.state, cfg, run_dir if resume_from is not None else None, trainer.close)
     trainer.logger.log_hyperparameters(loggable(cfg))  # every logger, W&B included
     if cfg.eval_at_start and eval_loader is not None and int(trainer.state.timestamp.batch) == 0:
         trainer.eval()
@@ -217,6 +232,7 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
         "batches": int(trainer.state.timestamp.batch),
         "eval_split": cfg.data.eval_split,  # null: the run had no evaluation, "eval" is empty and no "context_use"
         "eval": history.records,
+        "train_loss": train_loss.records,  # loss.png's training curve
         "filter_energy": filters.records,
     }
     if cfg.context_eval_rows > 0 and not fsdp and eval_loader is not None:  # under FSDP every rank would have to run the same forwards
@@ -236,6 +252,22 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
         atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
     trainer.close()
     return summary
+
+
+def refuse_finished(state: Any, cfg: DictConfig, resumed: str | None, close: Callable[[], Any]) -> None:
+    """A loaded checkpoint that has already trained ``max_duration`` (``autoresume=true`` on a finished run, the
+    ``resumed`` run folder; or a finished ``load_path``): one line saying so and what to do, where Composer's
+    ``fit`` would raise with a traceback. ``close`` releases the built Trainer first (its loggers)."""
+    elapsed = state.timestamp.get(state.max_duration.unit)
+    if state.max_duration > elapsed:
+        return
+    close()
+    done = f"has trained {elapsed} of max_duration={cfg.max_duration}"
+    if resumed is not None:
+        raise ConfigError(f"autoresume=true: the run in {resumed} is complete (it {done}): start a new run with "
+                          f"another run_name, or raise max_duration to train it further")
+    raise ConfigError(f"load_path={cfg.load_path} {done}, so no training would occur: raise max_duration to train "
+                      f"it further")
 
 
 def show_progress_bar(setting: bool | None) -> bool:

@@ -123,12 +123,16 @@ def iter_file_lines(path: Path) -> Iterator[tuple[str, int, bytes]]:
 
 
 def _iter_hf_lines(source_split: str) -> Iterator[tuple[str, int, Any]]:
-    """Stream ``allenai/c4`` (``en``) from the Hugging Face hub; needs network (untested offline)."""
+    """Stream ``allenai/c4`` (``en``) from the Hugging Face hub; needs network. The hub is asked before any output
+    (not inside the writer's progress bar): unreachable or offline, one line naming ``--source``."""
     import datasets
 
-    ds = datasets.load_dataset(HF_DATASET, HF_CONFIG, split=source_split, streaming=True)
-    for i, rec in enumerate(ds, 1):
-        yield f"{HF_DATASET}:{HF_CONFIG}/{source_split}", i, rec
+    try:
+        ds = datasets.load_dataset(HF_DATASET, HF_CONFIG, split=source_split, streaming=True)
+    except OSError as exc:  # ConnectionError: offline (HF_HUB_OFFLINE=1) or the hub unreachable
+        raise C4InputError(f"could not stream {HF_DATASET} from the Hugging Face hub ({str(exc).strip()}); without "
+                           f"network, convert local C4 json/json.gz files with --source DIR") from exc
+    return ((f"{HF_DATASET}:{HF_CONFIG}/{source_split}", i, rec) for i, rec in enumerate(ds, 1))
 
 
 class PlainText(bytes):

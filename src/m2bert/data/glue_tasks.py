@@ -22,6 +22,8 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from m2bert.options import ConfigError
+
 log = logging.getLogger(__name__)
 
 HF_GLUE = "nyu-mll/glue"
@@ -250,7 +252,12 @@ def load_glue_task(task: str, source: str | os.PathLike[str] = "hf", split: str 
     if str(source) in HF_SOURCES:
         if t.hf_config is None:
             raise ValueError(f"{t.name} exists only locally (make it with m2bert-make-sample --out DIR); pass data.source=DIR/glue")
-        ds = datasets.load_dataset(HF_GLUE, t.hf_config, split=split)
+        try:
+            ds = datasets.load_dataset(HF_GLUE, t.hf_config, split=split)
+        except OSError as e:  # ConnectionError: offline (HF_HUB_OFFLINE=1, nothing cached) or the hub unreachable
+            raise ConfigError(f"data.source={source}: could not load {HF_GLUE} ({t.hf_config}, {split}) from the "
+                              f"Hugging Face hub ({str(e).strip().splitlines()[0]}); without network, pass "
+                              f"data.source=<a folder of GLUE's TSVs: <TASK>/train.tsv, dev.tsv>") from e
         if t.name == "stsb":
             ds = ds.cast_column("label", datasets.Value("float32"))
         return ds.select_columns([*t.text_columns, "label", "idx"])

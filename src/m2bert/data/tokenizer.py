@@ -72,6 +72,17 @@ def load_tokenizer(name_or_dir: str | os.PathLike[str]) -> PreTrainedTokenizerBa
         ) from exc
 
 
+def load_configured_tokenizer(key: str, name_or_dir: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
+    """:func:`load_tokenizer` for a config key (``data.tokenizer``, ``start.tokenizer``): a tokenizer that cannot be
+    had (offline hub id, missing or broken folder) is one ConfigError naming the key, not a traceback."""
+    from m2bert.options import ConfigError
+
+    try:
+        return load_tokenizer(name_or_dir)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from e
+
+
 def set_model_max_length(folder: str | os.PathLike[str], length: int) -> None:
     """Write ``length`` (the model's longest input) as ``model_max_length`` into the tokenizer saved in ``folder``.
 

@@ -73,7 +73,7 @@ def start_model_dir(cfg: DictConfig, run_dir: Path) -> Path:
     import torch
 
     from m2bert import M2BertModel
-    from m2bert.data.tokenizer import load_tokenizer, set_model_max_length
+    from m2bert.data.tokenizer import load_configured_tokenizer, set_model_max_length
     from m2bert.config import max_input_length
     from m2bert.glue.start import is_m2, resolve_start
     from m2bert.train.checkpoint_safety import check_shapes
@@ -88,10 +88,7 @@ def start_model_dir(cfg: DictConfig, run_dir: Path) -> Path:
         raise ConfigError(f"retrieval.max_seq_length={cfg.retrieval.max_seq_length} exceeds what {start.path} takes "
                           f"({limit} tokens: max_position_embeddings / long_conv_l_max); set "
                           f"retrieval.max_seq_length<={limit} or start from a model pretrained at that length")
-    try:
-        tokenizer = load_tokenizer(start.tokenizer)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"start.tokenizer: {str(e).splitlines()[0]}") from e
+    tokenizer = load_configured_tokenizer("start.tokenizer", start.tokenizer)
     config = start.config.__class__.from_dict({**start.config.to_dict(), "padding_invariant": cfg.start.padding_invariant})
     model = M2BertModel(config)
     encoder = {k[len("bert."):]: v for k, v in start.state.items() if k.startswith("bert.")}

@@ -21,13 +21,13 @@ from m2bert.options import ConfigError
 def check_values(config: GlueConfig, settings: dict[str, TaskSettings]) -> None:
     """Sizes and durations the schema's types cannot check, run-wide and per task (``settings``: by their
     ``glue.<task>`` key), as pretraining checks its own: positive, whole and within range."""
-    from m2bert.train.validate import check_positive_ints, check_time
+    from m2bert.train.validate import CONSOLE_UNITS, check_positive_ints, check_time
 
     if config.resume and config.overwrite:
         raise ConfigError("resume=true and overwrite=true: continue the earlier run or replace it, not both")
     if config.max_duration is not None:
         check_time("max_duration", config.max_duration, total=True)
-    check_time("console_log_interval", config.console_log_interval)
+    check_time("console_log_interval", config.console_log_interval, units=CONSOLE_UNITS)
     sizes = [("data.max_seq_len", config.data.max_seq_len), ("device_eval_batch_size", config.device_eval_batch_size)]
     for key in ("train_subset", "eval_subset", "device_train_microbatch_size"):  # null: all rows / the batch size
         if getattr(config, key) is not None:

@@ -144,7 +144,7 @@ class GlueConfig:
     device_train_microbatch_size: Optional[int] = None  # null = the task's batch size
     grad_clip_norm: float = 0.0  # the original's GLUE jobs do not clip
     save_final: SaveFinal = SaveFinal.chain  # chain (only the chain source's first seed) | all | none
-    console_log_interval: str = "50ba"
+    console_log_interval: str = "50ba"  # ep or ba only: a progress line every N batches or epochs
     published: Optional[str] = None  # a published.json to compare with; default: the copy inside the package
     plot: bool = True
     impl: ImplConfig = field(default_factory=ImplConfig)

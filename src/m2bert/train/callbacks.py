@@ -10,10 +10,10 @@ from composer.loggers import Logger
 log = logging.getLogger(__name__)
 
 
-class EvalHistory(Callback):
-    """Keeps (batch, samples, training seconds, loss, accuracy) of every MLM evaluation, for summaries,
-    loss curves (vs tokens and vs wall-clock) and tests. Seconds are Composer's training wall-clock,
-    which excludes evaluation. The records travel in checkpoints, so a resumed run keeps its whole curve."""
+class Recorder(Callback):
+    """A callback that keeps ``records`` (plain dicts) for the run's summary and charts. The records travel in
+    checkpoints (Composer saves every callback's ``state_dict``), so a resumed run keeps its whole curve, the
+    points from before the resume included."""
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
@@ -23,6 +23,12 @@ class EvalHistory(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.records = list(state.get("records", []))
+
+
+class EvalHistory(Recorder):
+    """Keeps (batch, samples, training seconds, loss, accuracy) of every MLM evaluation, for summaries,
+    loss curves (vs tokens and vs wall-clock) and tests. Seconds are Composer's training wall-clock,
+    which excludes evaluation."""
 
     def eval_end(self, state: State, logger: Logger) -> None:
         metrics = state.eval_metrics.get("eval", {})
@@ -38,14 +44,14 @@ class EvalHistory(Callback):
         })
 
 
-class TrainLossHistory(Callback):
+class TrainLossHistory(Recorder):
     """The training loss (Composer's ``loss/train/total``, already a float on the host) at up to ``points`` evenly
-    spaced batches, for the loss chart (``loss.png``)."""
+    spaced batches, for the loss chart (``loss.png``) and the summary's ``train_loss``."""
 
     def __init__(self, points: int = 1000) -> None:
+        super().__init__()
         self.points = points
         self.every = 1
-        self.records: list[dict[str, Any]] = []
 
     def fit_start(self, state: State, logger: Logger) -> None:
         from composer.core import TimeUnit
@@ -147,28 +153,27 @@ def filter_stats(model: Any) -> dict[str, dict[str, float]]:
             for name, f in implicit_filters(model).items()}
 
 
-class FilterEnergy(Callback):
+class FilterEnergy(Recorder):
     """Logs, at every evaluation and to every logger, each implicit filter's energy at lags ≥ 3 relative to its
     value at the start of training (``filter_energy/<layer>.<conv>``) and its mean sine frequency
     (``filter_freq/...``): whether the long convolutions stay long. A recipe whose filters decay to ~0 leaves M2
     mixing tokens only through its short convolutions, which the MLM loss does not show (README, "The filters'
-    recipe"). The start values and the records travel in checkpoints, so a resumed run keeps its reference and
-    its whole curve."""
+    recipe"). The start values travel in checkpoints with the records, so a resumed run keeps its reference."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.initial: dict[str, dict[str, float]] | None = None
-        self.records: list[dict[str, Any]] = []
         self._told = False
 
     def init(self, state: State, logger: Logger) -> None:
         self.initial = filter_stats(state.model)  # before Composer wraps the model (FSDP shards it later)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"initial": self.initial, "records": self.records}
+        return {**super().state_dict(), "initial": self.initial}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         self.initial = state.get("initial") or self.initial
-        self.records = list(state.get("records", []))
 
     def eval_end(self, state: State, logger: Logger) -> None:
         if not self.initial:

@@ -119,7 +119,7 @@ class PretrainConfig:
     # rows (m2bert.train.context_use); 0 = skip.
     context_eval_rows: int = 64
     progress_bar: Optional[bool] = None  # null: Composer's progress bar (with ETA) when stderr is a terminal
-    console_log_interval: str = "100ba"
+    console_log_interval: str = "100ba"  # ep or ba only (what Composer's console logger counts)
     device: str = "auto"  # auto | cpu | gpu
 
 

@@ -17,6 +17,9 @@ from m2bert.options import ConfigError, unknown_keys
 _TIME_UNITS = ("iter", "ep", "ba", "sp", "tok", "dur", "sec")
 _TIME_RE = re.compile(r"^(.+?)(" + "|".join(_TIME_UNITS) + r")$", re.IGNORECASE)
 _TIMEDELTA_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+# What Composer's console logger counts in (ConsoleLogger refuses any other unit when the Trainer is built), and
+# so does GLUE's progress line: ``console_log_interval`` takes these only.
+CONSOLE_UNITS = ("ep", "ba")
 
 
 # The largest sizes accepted: a batch, a sequence length or a subset beyond int32 is a typo, never a run (and
@@ -25,9 +28,11 @@ MAX_SIZE = 2**31 - 1
 MAX_DURATION = 2**63 - 1
 
 
-def check_time(key: str, value: Any, *, positive: bool = True, total: bool = False) -> None:
+def check_time(key: str, value: Any, *, positive: bool = True, total: bool = False,
+               units: tuple[str, ...] = _TIME_UNITS) -> None:
     """``value`` is a Composer time string such as ``70000ba``, ``1ep``, ``0.06dur`` or ``2h``; ``total``: it is a
-    run's length (``max_duration``), which Composer takes only in counted units (ep, ba, sp, tok, iter)."""
+    run's length (``max_duration``), which Composer takes only in counted units (ep, ba, sp, tok, iter); ``units``:
+    the only units this setting takes (``CONSOLE_UNITS`` for ``console_log_interval``)."""
     text = str(value).strip()
     m = _TIME_RE.match(text)
     number: float | None = None
@@ -46,6 +51,9 @@ def check_time(key: str, value: Any, *, positive: bool = True, total: bool = Fal
     if total and unit in ("dur", "sec"):
         why = "a fraction of the run cannot set the run" if unit == "dur" else "not wall-clock time"
         raise ConfigError(f"{key}={value!r}: a run's length is counted in ep, ba, sp or tok ({why}), e.g. {key}=1000ba")
+    if unit not in units:
+        raise ConfigError(f"{key}={value!r}: {key} is counted in {' or '.join(units)} only"
+                          f"{' (not wall-clock time)' if unit == 'sec' else ''}, e.g. {key}=100{units[-1]}")
     if unit != "dur" and not number.is_integer():
         raise ConfigError(f"{key}={value!r} is not a whole number of {unit}: Composer counts {unit} in whole units "
                           f"(only dur, a fraction of the run, takes decimals), e.g. {key}={max(1, int(number))}{unit}")
@@ -90,7 +98,7 @@ def check_pretrain(cfg: Any) -> None:
     check_time("max_duration", cfg.max_duration, total=True)
     check_time("eval_interval", cfg.eval_interval)
     check_time("save_interval", cfg.save_interval)
-    check_time("console_log_interval", cfg.console_log_interval)
+    check_time("console_log_interval", cfg.console_log_interval, units=CONSOLE_UNITS)
     check_time("scheduler.t_warmup", cfg.scheduler.t_warmup, positive=False)
     n = cfg.eval_subset_num_batches
     if n == 0 or n < -1:
