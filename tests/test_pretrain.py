@@ -100,10 +100,14 @@ def test_missing_data_path_fails_fast(sample_mds, tmp_path):
     assert not (tmp_path / "x").exists()  # nothing was built or written
 
 
-def _cli(args: list[str], nproc: int = 1, **kw) -> subprocess.Popen:
+def _cli(args: list[str], nproc: int = 1, launch: list[str] | None = None, env: dict[str, str] | None = None,
+         **kw) -> subprocess.Popen:
+    """m2bert-pretrain ``args`` in a subprocess: one process, ``composer -n nproc``, or ``launch`` (a command that
+    starts the pretraining itself, such as launch/pretrain.sbatch, given the overrides), with ``env`` added."""
     bindir = Path(sys.executable).parent
-    cmd = [str(bindir / "composer"), "-n", str(nproc), "-m", "m2bert.pretrain"] if nproc > 1 else [sys.executable, "-m", "m2bert.pretrain"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    cmd = launch if launch is not None else [str(bindir / "composer"), "-n", str(nproc), "-m", "m2bert.pretrain"] \
+        if nproc > 1 else [sys.executable, "-m", "m2bert.pretrain"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.Popen(cmd + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -136,12 +140,18 @@ def test_two_processes_match_one(sample_mds, tmp_path):
     _finish(one)
     two = _cli(tiny_pretrain_overrides(sample_mds, tmp_path, "two") + common, nproc=2)
     _finish(two)
-    s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
-    s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
-    assert s1["batches"] == s2["batches"] == 8
+    _assert_same_training(tmp_path / "one", tmp_path / "two", 8)
+
+
+def _assert_same_training(one: Path, several: Path, batches: int) -> None:
+    """A run on one process and the same run on several (DDP) trained alike, within the tolerance stated in
+    test_two_processes_match_one."""
+    s1 = json.loads((one / "summary.json").read_text())
+    s2 = json.loads((several / "summary.json").read_text())
+    assert s1["batches"] == s2["batches"] == batches
     assert abs(s1["eval"][-1]["loss"] - s2["eval"][-1]["loss"]) < 1e-2, (s1["eval"], s2["eval"])
-    w1 = load_file(tmp_path / "one" / "hf" / "model.safetensors")
-    w2 = load_file(tmp_path / "two" / "hf" / "model.safetensors")
+    w1 = load_file(one / "hf" / "model.safetensors")
+    w2 = load_file(several / "hf" / "model.safetensors")
     for name in w1:
         assert (w1[name] - w2[name]).abs().mean().item() < 1e-3, name
 

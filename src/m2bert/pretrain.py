@@ -162,6 +162,10 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
         world = dist.get_world_size()
         if cfg.global_train_batch_size % world:
             raise ConfigError(f"global_train_batch_size={cfg.global_train_batch_size} is not divisible by {world} devices")
+        nodes, canonical = world // dist.get_local_world_size(), cfg.data.num_canonical_nodes
+        if canonical is not None and canonical % nodes and nodes % canonical:
+            raise ConfigError(f"data.num_canonical_nodes={canonical} on {nodes} nodes: one must divide the other "
+                              f"(streaming splits the samples into canonical nodes, then those among the nodes)")
         reproducibility.seed_all(cfg.seed)
         model = builders.build_mlm_model(cfg.model, cfg.impl, len(tokenizer), cfg.data.max_seq_len)
         composer_model = ComposerMLM(model)
@@ -179,6 +183,7 @@ def train(cfg: DictConfig, run_name: str, run_dir: str, device: str, precision: 
                 local=cfg.data.local, remote=cfg.data.remote, split=split, tokenizer=tokenizer, max_seq_len=cfg.data.max_seq_len, batch_size=batch_size,
                 mlm_probability=mlm_probability, shuffle=shuffle, seed=cfg.seed, num_workers=cfg.data.num_workers,
                 drop_last=shuffle, remask_each_epoch=shuffle, validate_hash=cfg.data.validate_hash,
+                num_canonical_nodes=cfg.data.num_canonical_nodes,
             )
 
         train_loader = loader(cfg.data.train_split, cfg.data.mlm_probability, cfg.global_train_batch_size // world, True)

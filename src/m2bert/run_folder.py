@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 LOCK_NAME = "run.lock"
 # Listed first when a refusal names what an earlier run left: the files that say a run finished.
 _TELLING = ("results.json", "summary.json", "model", "hf", "checkpoints", "jobs")
+HYDRA_FOLDER = "hydra"  # hydra.run.dir is <run folder>/hydra/<launch time> (yamls/*.yaml)
+NODE_START_SKEW = 120.0  # seconds: how much earlier than this node another node of a multi-node launch may start
 
 
 def check_run_name(name: Any, key: str = "run_name") -> str:
@@ -215,7 +217,7 @@ def _written_since(path: Path, since: float) -> bool:
 
 def earlier_contents(folder: Path) -> list[Path]:
     """What an earlier run left in ``folder``: everything but the lock and this launch's own Hydra files."""
-    from m2bert.train.runs import launcher_start_time
+    from m2bert.train.runs import launcher_start_time, multi_node
 
     if not folder.is_dir():
         return []
@@ -223,7 +225,10 @@ def earlier_contents(folder: Path) -> list[Path]:
     launched = launcher_start_time()  # other ranks of this launch may have written Hydra's files already
     entries = [p for p in folder.iterdir() if p.name not in own and not p.name.startswith(f"{LOCK_NAME}.stale-")]
     if launched is not None:
-        entries = [p for p in entries if not _written_since(p, launched - 2.0)]
+        # Other nodes' launchers start on their own (within seconds under srun) and write Hydra's folder before
+        # this rank claims the run folder; nothing else is written before rank 0 has claimed it.
+        skew = {HYDRA_FOLDER: NODE_START_SKEW} if multi_node() else {}
+        entries = [p for p in entries if not _written_since(p, launched - skew.get(p.name, 2.0))]
     return sorted(entries, key=lambda p: (p.name not in _TELLING, _TELLING.index(p.name) if p.name in _TELLING else 0,
                                           p.name))
 

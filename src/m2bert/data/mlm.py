@@ -14,10 +14,9 @@ import hashlib
 import json
 import logging
 import os
-import random
 import tempfile
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,9 +119,59 @@ def _check_index(index_path: Path, local_dir: Path, remote: str | None) -> list[
     return shards
 
 
-# Streaming gives each dataset in a machine the lowest free shared-memory prefix; two processes creating theirs at
-# the same instant (two runs started together) can pick the same one, and the second fails with FileExistsError.
-_SHM_ATTEMPTS = 5
+# Streaming (0.13) registers a shared-memory prefix per dataset: each node's leader looks for the lowest free one,
+# waits for every rank (a global barrier), then creates it. Two leaders on one host, whether two runs started together
+# or two nodes of one run (a test on one machine), so pick the same one and one fails with FileExistsError; retrying
+# then deadlocks a multi-process run, whose barriers no longer pair up. Here the search and the creation are one step
+# under a host-wide lock, and each rank learns its leader's prefix from a collective that every rank joins.
+_PREFIX_LOCK = os.path.join("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(),
+                            "m2bert-streaming-prefix.lock")
+
+
+def _register_shm_prefix(streams_local: list[str], streams_remote: list[str | None], world: Any,
+                         retry: int = 100) -> tuple[int, Any]:
+    """streaming.base.shared.get_shm_prefix with the leader's search and registration atomic on this host."""
+    import fcntl
+
+    from streaming.base.constant import LOCALS, SHM_TO_CLEAN
+    from streaming.base.shared import SharedMemory
+    from streaming.base.shared.prefix import (_check_and_find_retrying, _check_self, _get_path, _pack_locals,
+                                              _unpack_locals)
+    from torch import distributed as dist
+
+    _check_self(streams_local)
+    prefix, shm = -1, None
+    if world.is_local_leader:
+        with open(_PREFIX_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            prefix = max(_check_and_find_retrying(streams_local, streams_remote, shm_name=name, retry=retry)
+                         for name in SHM_TO_CLEAN)
+            data = _pack_locals(streams_local, prefix)
+            shm = SharedMemory(_get_path(prefix, LOCALS), True, len(data))
+            shm.buf[:len(data)] = data
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        prefixes: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(prefixes, prefix)
+        prefix = prefixes[dist.get_rank() - world.rank_of_node]  # this node's leader's
+    if not world.is_local_leader:
+        shm = SharedMemory(_get_path(prefix, LOCALS), False)
+        if _unpack_locals(bytes(shm.buf)) != (streams_local, prefix):
+            raise RuntimeError(f"streaming's shared memory {_get_path(prefix, LOCALS)} does not hold this node's "
+                               f"data folders {streams_local}: every rank of a node must use the same data.local")
+    return prefix, shm
+
+
+@contextmanager
+def _atomic_shm_prefix() -> Iterator[None]:
+    """StreamingDataset.__init__ registering its shared-memory prefix with :func:`_register_shm_prefix`."""
+    import streaming.base.dataset as streaming_dataset
+
+    original = streaming_dataset.get_shm_prefix
+    streaming_dataset.get_shm_prefix = _register_shm_prefix
+    try:
+        yield
+    finally:
+        streaming_dataset.get_shm_prefix = original
 
 
 class MLMStreamingDataset(StreamingDataset):
@@ -142,16 +191,9 @@ class MLMStreamingDataset(StreamingDataset):
         if self.shard_format.mode == "tokens" and self.shard_format.row_len not in (None, max_seq_len):
             raise ValueError(f"{self.shard_format.index_path}: rows are {self.shard_format.row_len} tokens, but "
                              f"max_seq_len={max_seq_len}; re-convert with --concat-tokens {max_seq_len}")
-        for attempt in range(_SHM_ATTEMPTS):
-            try:
-                super().__init__(local=local, remote=remote, split=split,
-                                 validate_hash=choose_hash(index_path, shards, validate_hash), **kwargs)
-                break
-            except FileExistsError:  # two jobs starting at once picked the same shared-memory prefix
-                if attempt == _SHM_ATTEMPTS - 1:
-                    raise
-                log.info("streaming's shared-memory prefix was taken by another job starting at the same time; retrying")
-                time.sleep(0.2 + random.random())
+        with _atomic_shm_prefix():
+            super().__init__(local=local, remote=remote, split=split,
+                             validate_hash=choose_hash(index_path, shards, validate_hash), **kwargs)
         self.tokenizer = tokenizer
         self.max_seq_len = max_seq_len
         self.vocab_size = len(tokenizer)

@@ -184,15 +184,17 @@ def check_shards(split_dir: str | Path, validate_hash: str | None = AUTO_HASH) -
 
 
 def shard_file(dataset: Any, shard_id: int) -> str:
-    """The local path of one shard of a StreamingDataset, for error messages."""
+    """The local path of one shard of a StreamingDataset, for error messages; a downloaded shard's URL too."""
     try:
         stream = dataset.streams[int(dataset.stream_per_shard[shard_id])]
         reader = dataset.shards[shard_id]
         raw_info, zip_info = reader.file_pairs[0]
         folder = Path(stream.local) / (stream.split or "")
-        if zip_info is not None and not (folder / raw_info.basename).is_file():
-            return str(folder / zip_info.basename)
-        return str(folder / raw_info.basename)
+        name = zip_info.basename if zip_info is not None and not (folder / raw_info.basename).is_file() else \
+            raw_info.basename
+        remote = f" (downloaded from {stream.remote.rstrip('/')}/{stream.split + '/' if stream.split else ''}{name})" \
+            if stream.remote else ""
+        return str(folder / name) + remote
     except (AttributeError, IndexError, KeyError, TypeError):
         return f"shard {shard_id}"
 

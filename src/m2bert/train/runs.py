@@ -38,12 +38,13 @@ _generated: str | None = None
 
 
 def launcher_start_time() -> float | None:
-    """When the parent process started (Linux), if we are one of several ranks it launched.
+    """When the parent process started (Linux), if we are one of several ranks it launched (on this node; the
+    ranks of other nodes have their own launcher).
 
     Ranks of ``composer -n N``/torchrun start a second or so apart; their launcher's start time is the
     same for all of them, so their Hydra folders agree too (the name itself is broadcast from rank 0).
     """
-    if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) <= 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     try:
         with open(f"/proc/{os.getppid()}/stat") as f:
@@ -53,6 +54,11 @@ def launcher_start_time() -> float | None:
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return None
+
+
+def multi_node() -> bool:
+    """Whether this is one node of a multi-node launch (``composer --world_size`` above its ``-n``)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
 def launch_time() -> str:

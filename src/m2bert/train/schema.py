@@ -40,6 +40,10 @@ class DataConfig:
     # auto (the cheapest hash index.json holds: xxh64) | xxh64 | sha1 | null (opt out): every shard's hash checked
     # against index.json at start-up, and each compressed shard again as streaming decompresses it
     validate_hash: Optional[str] = "auto"
+    # streaming's canonical nodes: the sample order is the same on any number of nodes that divides it (or that it
+    # divides); null is streaming's default, the number of nodes of the run, so a run resumed on another node count
+    # (or compared with a one-node run) reads another order
+    num_canonical_nodes: Optional[int] = None
 
 
 @dataclass

@@ -95,6 +95,9 @@ def check_pretrain(cfg: Any) -> None:
                           f"{cfg.model.overrides[key]} instead")
     if cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers={cfg.data.num_workers} must be >= 0")
+    if cfg.data.num_canonical_nodes is not None and cfg.data.num_canonical_nodes < 1:
+        raise ConfigError(f"data.num_canonical_nodes={cfg.data.num_canonical_nodes} must be >= 1 (or null: the "
+                          f"run's number of nodes)")
     check_time("max_duration", cfg.max_duration, total=True)
     check_time("eval_interval", cfg.eval_interval)
     check_time("save_interval", cfg.save_interval)
