@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 24's speed results, all in one go, on a QUIET CPU (2 threads, ~30 min; nothing else running: the
+# Issue 24's speed results, all in one go, on a QUIET CPU (2 threads, ~35 min; nothing else running: the
 # numbers are only as good as the machine is idle), offline. Every JSON records the CPU model: ratios from
 # different CPUs do not compare (the report refuses to hide a mix), so all of them are measured here, in one go:
 #   1. forward vs ModernBERT-base (bench/throughput.py --reference modernbert): 512 / 2048 / 8192 side by side,
@@ -13,8 +13,8 @@
 #                                                                    -> train_cpu_best.json               (~7 min)
 #   3. bf16 autocast vs fp32 embeddings on the retrieval set: docs/s and cosine to fp32 (bound 0.999), and M2
 #      vs ModernBERT embedding the same bucketed batches (m2-bert-tiny / modernbert-tiny, documents cut at
-#      modernbert-tiny's 512 positions: seconds; the base sizes are step 1's)
-#                                                                    -> embed_bf16_cpu_retrieval_set.json (~1 min)
+#      modernbert-tiny's 512 positions: seconds; the base sizes are step 1's), and the bf16 check again at
+#      m2-bert-base-80m on 96 documents                  -> embed_bf16_cpu_retrieval_set{,_base}.json (~5 min)
 #   4. where a training step's time goes, and M2's and ModernBERT's forward at 8192 under bf16
 #      (bench/profile_train.py)                       -> profile_train_cpu.txt, profile_forward_cpu_8192_bf16.txt (~2 min)
 #      and the long conv's transposes whole vs in blocks (bench/transpose_blocks.py) -> transpose_blocks_cpu.json
@@ -47,6 +47,7 @@ if [ "${QUICK:-0}" = 1 ]; then
   BERT_FWD=(--quick --lengths 128 256)
   TRAIN=(--m2 m2-bert-tiny --bert bert-tiny --steps 1 --warmup 0 --compile false --precision best)
   EMBED=(--preset m2-bert-tiny --reference-preset modernbert-tiny --docs 8 --max-length 512 --repeats 1)
+  EMBED_BASE=(--preset m2-bert-tiny --max-length 256 --docs 4 --repeats 1)
   PROFILE=(--m2 m2-bert-tiny --bert bert-tiny --batch 2 --rows 5)
   PROFILE_FWD=(--m2 m2-bert-tiny --reference modernbert-tiny --length 256 --batch 1 --rows 5)
 else
@@ -54,6 +55,7 @@ else
   TRAIN=(--compile m2 --precision best --steps 3 --warmup 1)
   BERT_FWD=(--lengths 128 512 2048 8192 --warmup 1 --repeats 3)
   EMBED=(--preset m2-bert-tiny --reference-preset modernbert-tiny --docs 388 --max-length 512 --repeats 3)
+  EMBED_BASE=(--preset m2-bert-base-80m --max-length 512 --docs 96 --repeats 2)
   PROFILE=(--rows 15)
   PROFILE_FWD=(--length 8192 --batch 1 --rows 20)
 fi
@@ -65,6 +67,8 @@ step forward_bert nice -n 0 "$PY" bench/throughput.py --reference bert --compile
 step train "$PY" bench/train_throughput.py "${TRAIN[@]}" --json "$OUT/train_cpu_best.json"
 step embed "$PY" bench/embed_throughput.py --shared "$SHARED" --corpus retrieval --bf16-check --reference modernbert \
   "${EMBED[@]}" --out "$OUT" --name embed_bf16_cpu_retrieval_set --overwrite
+step embed_base "$PY" bench/embed_throughput.py --shared "$SHARED" --corpus retrieval --bf16-check "${EMBED_BASE[@]}" \
+  --out "$OUT" --name embed_bf16_cpu_retrieval_set_base --overwrite
 step profile "$PY" bench/profile_train.py "${PROFILE[@]}" --out "$OUT/profile_train_cpu.txt"
 step profile_forward "$PY" bench/profile_train.py --forward --bf16 "${PROFILE_FWD[@]}" \
   --out "$OUT/profile_forward_cpu_8192_bf16.txt"

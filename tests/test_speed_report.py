@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-JSONS = ("train_cpu_best.json", "throughput_cpu_best.json", "throughput_cpu_8192_eager.json")
+JSONS = ("train_cpu_best.json", "throughput_cpu_best.json")
 
 
 def _report():
@@ -55,9 +55,28 @@ def test_chart_reads_alone(tmp_path):
     assert "goal (issues 11 and 24)" in [t.get_text() for t in ax.get_legend().get_texts()]
 
 
+def test_report_names_the_cpu_and_refuses_to_hide_a_mix(tmp_path, caplog):
+    """The machine label comes from the JSONs' recorded CPU; JSONs from two CPUs are labelled as a mix (ratios from
+    different CPUs do not compare) and warned about."""
+    for name in JSONS:
+        shutil.copy(ROOT / "bench" / "results" / name, tmp_path / name)
+    report = _report()
+    cpu = json.loads((tmp_path / JSONS[0]).read_text())["machine"]
+    report.main(["--results", str(tmp_path)])
+    assert f"CPU: {cpu}, " in (tmp_path / "speed_cpu.md").read_text()
+    other = json.loads((tmp_path / JSONS[1]).read_text())
+    other["machine"] = "Some Other CPU"
+    (tmp_path / JSONS[1]).write_text(json.dumps(other))
+    report.main(["--results", str(tmp_path)])
+    md = (tmp_path / "speed_cpu.md").read_text()
+    assert "MIXED, not comparable" in md and "Some Other CPU" in md and cpu in md
+    assert "measured on different CPUs" in caplog.text
+
+
 def _modernbert_json() -> dict:
     """What bench/throughput.py --reference modernbert --rss writes, at two lengths: side by side, and M2 alone."""
-    return {"date": "2026-12-06 10:00 UTC", "threads": 2, "dtype": "fp32", "reference": "modernbert", "repeats": 3,
+    machine = json.loads((ROOT / "bench" / "results" / JSONS[0]).read_text())["machine"]
+    return {"date": "2026-12-06 10:00 UTC", "threads": 2, "machine": machine, "dtype": "fp32", "reference": "modernbert", "repeats": 3,
             "lengths": {
                 "512": {"m2_best": "eager_bf16", "m2_tok_per_ms": 1.5, "m2_eager_tok_per_ms": 0.8,
                         "m2_eager_bf16_tok_per_ms": 1.5, "modernbert_best": "eager", "modernbert_tok_per_ms": 1.0,
