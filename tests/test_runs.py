@@ -88,6 +88,22 @@ def test_autoresume_of_a_finished_run_is_one_line(straight, sample_mds, monkeypa
     assert snapshot(run_dir) == before
 
 
+def test_load_path_that_already_reached_max_duration_is_one_line(straight, sample_mds, monkeypatch, capsys):
+    """load_path= a checkpoint that has trained max_duration already: one line saying no training would occur and
+    what to do, before any training; the new run leaves no checkpoint behind."""
+    from m2bert.pretrain import main
+    from tests.test_cli_errors import _in_process, _one_line
+
+    ckpt = Path(straight["summary"]["checkpoints"]) / "ep0-ba6-rank0.pt"
+    assert ckpt.is_file(), sorted(p.name for p in ckpt.parent.iterdir())
+    proc = _in_process(main, "m2bert-pretrain", _overrides(sample_mds, straight["root"], "from-finished") +
+                       [f"load_path={ckpt}"], monkeypatch, capsys)
+    assert _one_line(proc, "m2bert-pretrain").endswith(
+        f"error: load_path={ckpt} has trained 6ba of max_duration=6ba, so no training would occur: raise "
+        f"max_duration to train it further"), proc.stderr
+    assert not list((straight["root"] / "from-finished").rglob("*.pt"))
+
+
 def test_a_run_in_progress_keeps_its_folder(sample_mds, tmp_path, monkeypatch, capsys, caplog):
     """Two runs of one run_name at once: the second is refused in one line naming the lock and its holder, before
     anything is written; once the holder is gone (kill -9), its lock is taken over with a warning."""
