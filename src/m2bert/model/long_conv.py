@@ -159,10 +159,11 @@ TRANSPOSE_BLOCK = 64
 
 
 def _copy_transposed(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """``dst.copy_(src.transpose(1, 2))`` for 3-d tensors, in cache-sized blocks along ``dst``'s last axis (one copy
-    when compiling: inductor tiles its own transposes)."""
+    """``dst.copy_(src.transpose(1, 2))`` for 3-d tensors, in cache-sized blocks along ``dst``'s last axis on CPU (one
+    copy elsewhere: a GPU's copy kernel tiles through shared memory, and blocks would only add launches; and when
+    compiling: inductor tiles its own transposes)."""
     width = dst.shape[-1]
-    step = width if torch.compiler.is_compiling() else TRANSPOSE_BLOCK
+    step = width if dst.device.type != "cpu" or torch.compiler.is_compiling() else TRANSPOSE_BLOCK
     for start in range(0, width, step):
         stop = min(start + step, width)
         dst[..., start:stop].copy_(src[:, start:stop].transpose(1, 2))
