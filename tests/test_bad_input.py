@@ -80,6 +80,34 @@ def test_truncated_zstd_shard_reader_raises_instead_of_ending_the_epoch(shards, 
             pass
 
 
+def test_wait_for_a_shard_stops_at_the_prefetch_threads_error(shards, sample_mds):
+    """A prefetch thread that fails on a shard leaves it PREPARING; a reader waiting for that shard raised nothing
+    and waited forever (a hang seen in CI). It now stops at the thread's error, within a bounded time."""
+    import threading
+
+    from streaming.base.dataset import _ShardState
+
+    dataset = _loader(shards, sample_mds["tokenizer"]).dataset
+    dataset._shard_states[0] = _ShardState.PREPARING  # as a failed prefetch thread leaves it
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            dataset.prepare_shard(0, blocking=True)
+        except BaseException as e:  # noqa: BLE001 - kept for the assertion
+            outcome.append(e)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive() and not outcome  # a shard being prepared is waited for
+    dataset._m2_error = ShardError("shard.00000.mds.zstd: cannot read shard (the prefetch thread's error)")
+    waiter.join(10)
+    assert not waiter.is_alive() and isinstance(outcome[0], ShardError), outcome
+    assert "the prefetch thread's error" in str(outcome[0])
+    dataset._shard_states[0] = _ShardState.REMOTE
+
+
 def test_missing_shard_file_is_named(shards):
     _zst(shards / "train").unlink()
     with pytest.raises(ShardError, match=r"shard\.00000\.mds or .*shard\.00000\.mds\.zstd is missing"):

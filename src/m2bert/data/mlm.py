@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -204,9 +205,17 @@ class MLMStreamingDataset(StreamingDataset):
         self._m2_where = split_dir(local, split)
 
     def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
-        # Name the shard in any reader error (zstd, checksum, missing file), here or in a thread.
+        # Name the shard in any reader error (zstd, checksum, missing file), here or in a thread. Streaming's own
+        # blocking wait polls until whoever is preparing the shard marks it local; a prefetch thread that failed on
+        # it never does (the shard stays PREPARING), so the wait is ours, and it stops at that thread's error.
+        from streaming.base.constant import TICK
+        from streaming.base.dataset import _ShardState
+
         try:
-            super().prepare_shard(shard_id, blocking)
+            super().prepare_shard(shard_id, blocking=False)
+            while blocking and self._shard_states[shard_id] == _ShardState.PREPARING:
+                self._raise_reader_error()
+                time.sleep(TICK)
         except ShardError:
             raise
         except Exception as e:  # noqa: BLE001 - re-raised with the shard named
